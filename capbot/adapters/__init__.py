@@ -1,0 +1,1 @@
+"""One external library each, behind a small interface."""

@@ -1,0 +1,1 @@
+"""Chat front-ends: translate updates into command requests and replies back."""

@@ -1,0 +1,1 @@
+"""Use cases and loops; adapters arrive as constructor arguments."""

@@ -1,0 +1,82 @@
+"""Usage reports for a period: the store's buckets through the plan's rules, plus speed-test bytes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from typing import Any, Protocol
+from zoneinfo import ZoneInfo
+
+from capbot.core.periods import Period, custom_period, cycle_containing, parse_period
+from capbot.core.report import TRAILING_WINDOW_S, Bucket, PlanRules, UsageReport, summarize
+
+
+class UsageReader(Protocol):
+    """What reports need of the store."""
+
+    def buckets(self, start: datetime, end: datetime, host: str | None = None) -> list[Bucket]: ...
+    def probe_bytes(self, start: datetime, end: datetime) -> int: ...
+
+
+@dataclass(frozen=True)
+class PlanView:
+    """The plan facts reports need (from `plan.*`)."""
+
+    rules: PlanRules
+    cycle_start_day: int
+    tz: ZoneInfo
+
+
+@dataclass(frozen=True)
+class UsageSummary:
+    """A usage report plus the bytes speed tests used in the same period."""
+
+    report: UsageReport
+    probe_bytes: int
+
+    def to_json(self) -> dict[str, Any]:
+        """The report's JSON with `probe_bytes` added."""
+        out = self.report.to_json()
+        out["probe_bytes"] = self.probe_bytes
+        return out
+
+
+class UsageService:
+    """Builds reports; pure rules from `core.report`, data from the store."""
+
+    def __init__(
+        self,
+        store: UsageReader,
+        plan: PlanView,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.store = store
+        self.plan = plan
+        self.clock = clock
+
+    def period(self, spec: str = "cycle", now: datetime | None = None) -> Period:
+        """Parse a period name (`today`, `cycle`, `2026-11`, ...); raises ValueError with a hint."""
+        now = now or self.clock()
+        return parse_period(spec, now, self.plan.cycle_start_day, self.plan.tz)
+
+    def custom(self, start: date, end: date) -> Period:
+        """Inclusive local dates."""
+        return custom_period(start, end, self.plan.tz)
+
+    def cycle(self, now: datetime | None = None) -> Period:
+        """The billing cycle containing `now`."""
+        return cycle_containing(now or self.clock(), self.plan.cycle_start_day, self.plan.tz)
+
+    def report(
+        self, period: Period, now: datetime | None = None, host: str | None = None
+    ) -> UsageSummary:
+        """The usage report of `period` as of `now` (history before it feeds the projection)."""
+        now = now or self.clock()
+        history_start = min(period.start, now - timedelta(seconds=TRAILING_WINDOW_S))
+        rows = self.store.buckets(history_start, period.end, host)
+        start_ts = period.start.timestamp()
+        inside = [b for b in rows if b.ts >= start_ts]
+        before = [b for b in rows if b.ts < start_ts]
+        report = summarize(inside, period, now, self.plan.rules, self.plan.tz, history=before)
+        return UsageSummary(report, self.store.probe_bytes(period.start, period.end))

@@ -1,0 +1,172 @@
+"""The command line: run on defaults, usage/export on a seeded database, exit codes."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from capbot.cli import main
+from tests.builders import seeded_store
+
+
+def _cfg(tmp_path: Path, extra: str = "") -> Path:
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(
+        f"host: h1\nstorage:\n  data_dir: {tmp_path}\nplan:\n  cap: 100 GB\n  cycle_start_day: 15\n"
+        f"  timezone: Europe/Berlin\n{extra}"
+    )
+    return cfg
+
+
+def _seed(tmp_path: Path) -> None:
+    now = datetime.now(UTC)
+    rows = []
+    for days_ago in range(3):
+        at = now - timedelta(days=days_ago, minutes=1)
+        rows.append((at, "eth0", 2_000_000_000, 500_000_000))
+        rows.append((at, "wlan0", 1_000_000, 0))
+    seeded_store(tmp_path / "capbot.db", "h1", rows).close()
+
+
+def test_run_without_any_config_samples_and_stops_cleanly(tmp_path: Path) -> None:
+    """`capbot run` with no config file and no tokens starts, logs what it counts and exits 0 on SIGTERM."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CAPBOT_")}
+    env.update(XDG_CONFIG_HOME=str(tmp_path / "cfg"), XDG_DATA_HOME=str(tmp_path / "data"))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "capbot", "run"],
+        cwd=tmp_path,
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    db = tmp_path / "data" / "capbot" / "capbot.db"
+    deadline = time.monotonic() + 20
+    while not db.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    t0 = time.monotonic()
+    _, err = proc.communicate(timeout=10)
+    assert proc.returncode == 0, err
+    assert time.monotonic() - t0 < 2.0
+    assert "starting: config defaults" in err
+    assert "counting interfaces" in err or "no interface to count" in err
+    assert db.exists()
+
+
+def test_usage_json_has_the_documented_fields(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`usage --json` gives per-interface and total bytes, counted bytes, cap, percent and projection."""
+    _seed(tmp_path)
+    assert main(["usage", "--config", str(_cfg(tmp_path)), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["interfaces"]["eth0"]["rx_bytes"] >= 2_000_000_000
+    for key in (
+        "rx_bytes",
+        "tx_bytes",
+        "total_bytes",
+        "counted_bytes",
+        "cap_bytes",
+        "percent_of_cap",
+        "projected_bytes",
+        "probe_bytes",
+    ):
+        assert key in out
+    assert out["cap_bytes"] == 100 * 10**9
+    assert out["total_bytes"] == out["rx_bytes"] + out["tx_bytes"]
+
+
+def test_usage_table_and_periods(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The readable table names the period and shows totals; every period spec works."""
+    _seed(tmp_path)
+    cfg = str(_cfg(tmp_path))
+    for spec in ("today", "yesterday", "week", "month", "cycle", "last-cycle", "2026-01"):
+        assert main(["usage", spec, "--config", cfg]) == 0
+    assert main(["usage", "--config", cfg, "--from", "2026-01-01", "--to", "2026-01-31"]) == 0
+    text = capsys.readouterr().out
+    assert "Usage" in text and "eth0" in text and "Speed tests used" in text
+
+
+def test_bad_period_and_missing_database_exit_cleanly(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A bad period is a usage error (2); a missing database says where it looked (1)."""
+    cfg = str(_cfg(tmp_path))
+    assert main(["usage", "--config", cfg]) == 1
+    assert "no database at" in capsys.readouterr().err
+    _seed(tmp_path)
+    assert main(["usage", "fortnight", "--config", cfg]) == 2
+    assert "period" in capsys.readouterr().err
+
+
+def test_export_csv_and_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """export writes rows at each resolution whose bytes add up to the stored total."""
+    _seed(tmp_path)
+    cfg = str(_cfg(tmp_path))
+    today = datetime.now(UTC).date()
+    span = [
+        "--from",
+        (today - timedelta(days=5)).isoformat(),
+        "--to",
+        (today + timedelta(days=1)).isoformat(),
+    ]
+    totals = {}
+    for res in ("minute", "hour", "day"):
+        assert main(["export", "--config", cfg, "--format", "csv", "--resolution", res, *span]) == 0
+        rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+        totals[res] = sum(int(r["rx_bytes"]) for r in rows)
+    assert totals["minute"] == totals["hour"] == totals["day"] == 3 * 2_001_000_000
+    assert main(["export", "--config", cfg, "--format", "json", "--resolution", "day", *span]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert {r["interface"] for r in rows} == {"eth0", "wlan0"}
+
+
+def test_check_config_masks_secrets(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """check-config prints the effective config with tokens and URLs masked."""
+    cfg = _cfg(
+        tmp_path,
+        "telegram:\n  token: '123:VERYSECRET'\nnotify:\n  urls: ['json://u:pw@127.0.0.1/x']\n",
+    )
+    assert main(["check-config", "--config", str(cfg)]) == 0
+    out = capsys.readouterr().out
+    assert "valid" in out and "VERYSECRET" not in out and "pw@" not in out
+    assert "cycle_start_day: 15" in out
+
+
+def test_config_error_exit_status_2_without_traceback(tmp_path: Path) -> None:
+    """A broken config exits 2 with one line naming the key, and no traceback."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("plan:\n  cycle_start_day: 32\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "capbot", "check-config", "--config", str(cfg)],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2
+    assert "plan.cycle_start_day: 32 is not a day of month (1-31)" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_version_and_help() -> None:
+    """--version and --help work for the tool and every subcommand."""
+    for argv in (
+        ["--version"],
+        ["--help"],
+        ["run", "--help"],
+        ["usage", "--help"],
+        ["export", "--help"],
+    ):
+        with pytest.raises(SystemExit) as exit_:
+            main(argv)
+        assert exit_.value.code == 0
