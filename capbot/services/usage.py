@@ -80,3 +80,12 @@ class UsageService:
         before = [b for b in rows if b.ts < start_ts]
         report = summarize(inside, period, now, self.plan.rules, self.plan.tz, history=before)
         return UsageSummary(report, self.store.probe_bytes(period.start, period.end))
+
+    def hourly(self, period: Period) -> list[tuple[int, int, int]]:
+        """(local hour, rx, tx) of `period`, every hour 0-23 present (for the hourly chart)."""
+        hours = [[h, 0, 0] for h in range(24)]
+        for b in self.store.buckets(period.start, period.end):
+            h = datetime.fromtimestamp(b.ts, self.plan.tz).hour
+            hours[h][1] += b.rx_bytes
+            hours[h][2] += b.tx_bytes
+        return [(h, rx, tx) for h, rx, tx in hours]

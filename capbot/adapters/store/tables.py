@@ -29,9 +29,11 @@ class UsageMinute(SQLModel, table=True):
 
     __tablename__ = "usage_minute"
     __table_args__ = _CLUSTERED
+    # Key order (host, ts, iface): period queries are time ranges over every interface, and
+    # the sampler appends at the end of the B-tree.
     host: str = Field(sa_column=Column(String(64), primary_key=True))
-    iface: str = Field(sa_column=Column(String(64), primary_key=True))
     ts: int = Field(sa_column=_big(primary_key=True))
+    iface: str = Field(sa_column=Column(String(64), primary_key=True))
     rx_bytes: int = Field(sa_column=_big())
     tx_bytes: int = Field(sa_column=_big())
 
@@ -41,9 +43,11 @@ class Usage15m(SQLModel, table=True):
 
     __tablename__ = "usage_15m"
     __table_args__ = _CLUSTERED
+    # Key order (host, ts, iface): period queries are time ranges over every interface, and
+    # the sampler appends at the end of the B-tree.
     host: str = Field(sa_column=Column(String(64), primary_key=True))
-    iface: str = Field(sa_column=Column(String(64), primary_key=True))
     ts: int = Field(sa_column=_big(primary_key=True))
+    iface: str = Field(sa_column=Column(String(64), primary_key=True))
     rx_bytes: int = Field(sa_column=_big())
     tx_bytes: int = Field(sa_column=_big())
 

@@ -48,7 +48,7 @@ def _upsert_add(conn: Any, table: Table, rows: list[dict[str, Any]]) -> None:
         return
     stmt = _insert(conn, table)
     stmt = stmt.on_conflict_do_update(
-        index_elements=["host", "iface", "ts"],
+        index_elements=["host", "ts", "iface"],
         set_={
             "rx_bytes": table.c.rx_bytes + stmt.excluded.rx_bytes,
             "tx_bytes": table.c.tx_bytes + stmt.excluded.tx_bytes,
@@ -185,19 +185,15 @@ class Store:
     def buckets(self, start: datetime, end: datetime, host: str | None = None) -> list[Bucket]:
         """15-minute buckets in [start, end) for one host (default this one; "*" for all hosts)."""
         return [
-            Bucket(
-                ts=r.ts, seconds=BUCKET_S, iface=r.iface, rx_bytes=r.rx_bytes, tx_bytes=r.tx_bytes
-            )
-            for r in self._rows(_BUCKET, start, end, host)
+            Bucket(ts, BUCKET_S, iface, rx, tx)
+            for iface, ts, rx, tx in self._fetch(_BUCKET, start, end, host)
         ]
 
     def minutes(self, start: datetime, end: datetime, host: str | None = None) -> list[UsageRow]:
         """Per-minute rows in [start, end) (only within the retention)."""
-        return self._rows(_MINUTE, start, end, host)
+        return [UsageRow(*r) for r in self._fetch(_MINUTE, start, end, host)]
 
-    def _rows(
-        self, table: Table, start: datetime, end: datetime, host: str | None
-    ) -> list[UsageRow]:
+    def _fetch(self, table: Table, start: datetime, end: datetime, host: str | None) -> list[Any]:
         q = select(table.c.iface, table.c.ts, table.c.rx_bytes, table.c.tx_bytes).where(
             table.c.ts >= int(start.timestamp()), table.c.ts < int(end.timestamp())
         )
@@ -207,7 +203,8 @@ class Store:
         q = q.order_by(table.c.ts, table.c.iface)
         try:
             with read_tx(self.engine) as conn:
-                return [UsageRow(r[0], int(r[1]), int(r[2]), int(r[3])) for r in conn.execute(q)]
+                # .all() fetches in one go: several times faster than iterating rows.
+                return list(conn.execute(q).all())
         except SQLAlchemyError as exc:
             raise StorageError(f"cannot read usage: {exc}") from exc
 
