@@ -175,10 +175,9 @@ class AlertStore:
             "chart": alert.chart,
             "raised_ts": alert.raised_at.timestamp(),
         }
-        insert = self._dialect_insert()
-        if insert is not None:
-            stmt = insert(_ALERT).values(**values).on_conflict_do_nothing(index_elements=["key"])
-            row = conn.execute(stmt.returning(_ALERT.c.id)).first()
+        stmt = self._insert_ignore(values)
+        if stmt is not None:
+            row = conn.execute(stmt).first()
             return None if row is None else int(row[0])
         # Other dialects: look first; the write transaction keeps this race-free on one writer.
         if conn.execute(select(_ALERT.c.id).where(_ALERT.c.key == values["key"])).first():
@@ -186,6 +185,14 @@ class AlertStore:
         new_key = conn.execute(_ALERT.insert().values(**values)).inserted_primary_key
         assert new_key is not None
         return int(new_key[0])
+
+    def _insert_ignore(self, values: dict[str, Any]) -> Any:
+        """INSERT ... ON CONFLICT (key) DO NOTHING RETURNING id, where the dialect has it."""
+        insert = self._dialect_insert()
+        if insert is None:
+            return None
+        stmt = insert(_ALERT).values(**values).on_conflict_do_nothing(index_elements=["key"])
+        return stmt.returning(_ALERT.c.id)
 
     def _dialect_insert(self) -> Any:
         """The dialect's INSERT with ON CONFLICT support, or None."""
