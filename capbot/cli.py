@@ -10,7 +10,7 @@ import os
 import sys
 from collections.abc import Sequence
 from datetime import date, datetime
-from typing import Any
+from typing import Any, Literal
 
 from capbot import __version__
 from capbot.config import SEARCH_PATHS_HELP, Settings, load_settings, to_masked_dict
@@ -90,6 +90,32 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _common(p)
 
+    p = sub.add_parser("speedtest", help="run one speed test now and store it")
+    _common(p)
+    p.add_argument(
+        "--server",
+        metavar="URL|NAME",
+        help="a Cloudflare-compatible base URL (serving /__down and /__up) or a configured server name",
+    )
+    p.add_argument("--mode", choices=("economy", "thorough"), help="default: probe.mode")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = sub.add_parser("history", help="recent speed tests")
+    _common(p)
+    p.add_argument("--limit", type=int, default=20, metavar="N")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = sub.add_parser("alerts", help="raised alerts and their delivery")
+    _common(p)
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--pending", action="store_true", help="only alerts still to be delivered")
+    which.add_argument("--failed", action="store_true", help="only alerts that gave up (dead)")
+    p.add_argument("--limit", type=int, default=50, metavar="N")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = sub.add_parser("notify-test", help="send a test notification to every notify.urls entry")
+    _common(p)
+
     p = sub.add_parser("health", help="exit 0 if the service has written counters recently")
     _common(p)
 
@@ -127,7 +153,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from capbot.app import run_service
 
     settings = _load(args)
-    return asyncio.run(run_service(settings))
+    return run_service(settings)
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -135,6 +161,13 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
     settings = _load(args)
     print(f"# configuration from {settings.source}: valid")
+    if settings.notify.urls:
+        from capbot.adapters.notifier import public_ntfy_warning
+
+        for target in settings.notify.urls:
+            warning = public_ntfy_warning(target.url)
+            if warning:
+                print(f"# warning: {warning}")
     print(yaml.safe_dump(to_masked_dict(settings), sort_keys=False, allow_unicode=True), end="")
     return 0
 
@@ -187,13 +220,185 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _probe_json(result: Any) -> dict[str, Any]:
+    return {
+        "started_at": result.started_at.isoformat(),
+        "server": result.server,
+        "mode": result.mode,
+        "status": result.status,
+        "download_bps": result.download_bps,
+        "upload_bps": result.upload_bps,
+        "latency_ms": result.latency_ms,
+        "jitter_ms": result.jitter_ms,
+        "loaded_latency_ms": result.loaded_latency_ms,
+        "bytes_down": result.bytes_down,
+        "bytes_up": result.bytes_up,
+        "duration_s": result.duration_s,
+        "download_end": result.download_end,
+        "upload_end": result.upload_end,
+        "meta": dict(result.meta),
+        "trigger": result.trigger,
+        "error_kind": result.error_kind,
+        "error": result.error,
+    }
+
+
+def _probe_line(result: Any) -> str:
+    from capbot.core.units import format_bps, format_bytes
+
+    when = result.started_at.astimezone().strftime("%Y-%m-%d %H:%M")
+    if result.status != "ok":
+        return f"{when}  {result.status} ({result.error_kind}): {result.error}  [{result.server}]"
+    lat = f"  {result.latency_ms:.1f} ms" if result.latency_ms is not None else ""
+    jit = f" ±{result.jitter_ms:.1f}" if result.jitter_ms is not None else ""
+    loaded = (
+        f" (loaded {result.loaded_latency_ms:.0f} ms)"
+        if result.loaded_latency_ms is not None
+        else ""
+    )
+    used = format_bytes(result.bytes_down + result.bytes_up)
+    return (
+        f"{when}  down {format_bps(result.download_bps)}  up {format_bps(result.upload_bps)}"
+        f"{lat}{jit}{loaded}  used {used}  [{result.server}]"
+    )
+
+
+def cmd_speedtest(args: argparse.Namespace) -> int:
+    from capbot.app import probe_servers, probe_settings
+    from capbot.core.probe import ServerSpec
+
+    settings = _load(args)
+    servers = probe_servers(settings)
+    if args.server:
+        named = [s for s in servers if s.name == args.server]
+        if named:
+            server = named[0]
+        elif "://" in args.server:
+            try:
+                server = ServerSpec.from_url(args.server)
+            except ValueError as exc:
+                raise ConfigError(f"--server: {exc}") from None
+        else:
+            names = ", ".join(s.name for s in servers)
+            raise ConfigError(
+                f"--server: {args.server!r} is neither a URL nor a configured server ({names})"
+            )
+    else:
+        server = servers[0]
+    result = asyncio.run(_run_probe(server, probe_settings(settings, args.mode), quiet=args.json))
+    store = None
+    db = settings.database_url
+    if not db.startswith("sqlite:///") or os.path.exists(db.removeprefix("sqlite:///")):
+        try:
+            store = _open_existing_store(settings)
+            store.add_probe(result)
+        except CapbotError as exc:
+            print(f"capbot: probe not stored: {exc}", file=sys.stderr)
+    if args.json:
+        out = _probe_json(result)
+        out["stored"] = store is not None
+        print(json.dumps(out, indent=2))
+    else:
+        print(_probe_line(result))
+    return 0 if result.status == "ok" else 1
+
+
+async def _run_probe(server: Any, settings: Any, quiet: bool) -> Any:
+    from capbot.adapters.speedtest import SpeedProbe
+
+    probe = SpeedProbe()
+    if quiet or not sys.stderr.isatty():
+        return await probe.run(server, settings, None, trigger="manual")
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    with console.status(f"speed test against {server.name}…") as status:
+
+        async def progress(line: str) -> None:
+            status.update(line)
+
+        return await probe.run(server, settings, progress, trigger="manual")
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    settings = _load(args)
+    store = _open_existing_store(settings)
+    probes = store.probes(limit=max(args.limit, 1))
+    if args.json:
+        print(json.dumps([_probe_json(p) for p in probes], indent=2))
+    elif not probes:
+        print("no speed tests yet (run `capbot speedtest`)")
+    else:
+        for p in probes:
+            print(_probe_line(p))
+    return 0
+
+
+def cmd_alerts(args: argparse.Namespace) -> int:
+    from capbot.adapters.store.alerts import AlertStore
+    from capbot.services.commands import alert_status
+
+    settings = _load(args)
+    store = _open_existing_store(settings)
+    which: Literal["all", "pending", "failed"] = (
+        "pending" if args.pending else "failed" if args.failed else "all"
+    )
+    alerts = asyncio.run(AlertStore(store.engine, settings.host).list_alerts(which, args.limit))
+    if args.json:
+        print(json.dumps([{**_alert_json(a), "status": alert_status(a)} for a in alerts], indent=2))
+        return 0
+    if not alerts:
+        print(f"no {which if which != 'all' else ''} alerts".replace("  ", " "))
+    for a in alerts:
+        when = a.raised_at.astimezone().strftime("%Y-%m-%d %H:%M")
+        print(f"{when}  {a.severity:<8} {alert_status(a):<10} {a.title}")
+        for d in a.deliveries:
+            err = f"  ({d.last_error})" if d.last_error else ""
+            print(f"    {d.target:<24} {d.status:<9} attempts {d.attempts}{err}")
+    return 0
+
+
+def _alert_json(a: Any) -> dict[str, Any]:
+    import dataclasses
+
+    def conv(v: Any) -> Any:
+        if isinstance(v, datetime):
+            return v.isoformat()
+        if isinstance(v, list | tuple):
+            return [conv(x) for x in v]
+        if dataclasses.is_dataclass(v) and not isinstance(v, type):
+            return {f.name: conv(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        return v
+
+    out: dict[str, Any] = conv(a)
+    return out
+
+
+def cmd_notify_test(args: argparse.Namespace) -> int:
+    from capbot.adapters.notifier import AppriseNotifier, NotifyUrl, public_ntfy_warning
+
+    settings = _load(args)
+    if not settings.notify.urls:
+        print("no notify.urls configured")
+        return 1
+    for t in settings.notify.urls:
+        warning = public_ntfy_warning(t.url)
+        if warning:
+            print(f"warning: {warning}")
+    notifier = AppriseNotifier([NotifyUrl(t.url, frozenset(t.tags)) for t in settings.notify.urls])
+    results = asyncio.run(notifier.test_all())
+    for masked_url, ok, error in results:
+        print(f"{'ok    ' if ok else 'FAILED'} {masked_url}{'' if ok else f'  ({error})'}")
+    return 0 if all(ok for _, ok, _ in results) else 1
+
+
 def cmd_health(args: argparse.Namespace) -> int:
     import time
 
     settings = _load(args)
     store = _open_existing_store(settings)
     newest = max((s.wall_ts for s in store.counter_states().values()), default=None)
-    limit = max(3 * settings.storage.flush_interval, 300)
+    limit = max(3 * settings.storage.flush_interval, 900)
     if newest is None or time.time() - newest > limit:
         print(f"unhealthy: no counters written in the last {limit:.0f} s")
         return 1
@@ -207,6 +412,10 @@ COMMANDS = {
     "export": cmd_export,
     "check-config": cmd_check_config,
     "health": cmd_health,
+    "speedtest": cmd_speedtest,
+    "history": cmd_history,
+    "alerts": cmd_alerts,
+    "notify-test": cmd_notify_test,
 }
 
 

@@ -150,6 +150,13 @@ def _clock_window(v: Any, path: str) -> tuple[int, int]:
     return (h1 * 60 + m1) % 1440, h2 * 60 + m2
 
 
+def _one_window(v: Any, path: str) -> tuple[tuple[int, int], ...]:
+    windows = _list(_clock_window)(v, path)
+    if len(windows) > 1:
+        raise _err(path, v, "has more than one window (one quiet period is supported)")
+    return windows
+
+
 def _int_id(v: Any, path: str) -> int:
     if isinstance(v, bool):
         raise _err(path, v, "is not a numeric id")
@@ -267,12 +274,19 @@ class ProbeSettingsConfig:
     streams: int | None = _f(None, _opt(_number(1, 32, integer=True)))
 
 
+ALERT_TAGS = (
+    "info", "warning", "critical",  # severities
+    "cap", "projection", "daily_budget", "cycle_summary", "throttle", "throttle_end",
+    "bufferbloat", "outage",  # rules
+)  # fmt: skip
+
+
 @dataclass(frozen=True)
 class NotifyTarget:
     """One Apprise URL, optionally limited to alerts of some severities (tags)."""
 
     url: str = _f("", _str, secret=True)
-    tags: tuple[str, ...] = _f((), _list(_choice("info", "warning", "critical")))
+    tags: tuple[str, ...] = _f((), _list(_choice(*ALERT_TAGS)))
 
 
 def _notify_target(v: Any, path: str) -> NotifyTarget:
@@ -291,8 +305,8 @@ class NotifySettings:
     """Where alerts go and when."""
 
     urls: tuple[NotifyTarget, ...] = _f((), _list(_notify_target))
-    quiet_hours: tuple[tuple[int, int], ...] = _f((), _list(_clock_window))
-    max_attempts: int = _f(10, _number(1, 1000, integer=True))
+    quiet_hours: tuple[tuple[int, int], ...] = _f((), _one_window)
+    max_attempts: int = _f(12, _number(1, 1000, integer=True))
     min_repeat_interval: float = _f(3600.0, _number(0))
 
 
@@ -536,6 +550,18 @@ def load_settings(
                 raise _err(section, raw[section], "is not a mapping of keys")
             raw[section][key] = value
     settings = _build(Settings, raw, "")
+    if settings.probe.jitter >= settings.probe.interval:
+        raise ConfigError(
+            f"probe.jitter: {settings.probe.jitter:g} must be less than probe.interval "
+            f"({settings.probe.interval:g})"
+        )
+    if len(settings.rules.throttle.slow_of_last) != 2 or (
+        settings.rules.throttle.slow_of_last[0] > settings.rules.throttle.slow_of_last[1]
+    ):
+        raise ConfigError(
+            f"rules.throttle.slow_of_last: {list(settings.rules.throttle.slow_of_last)} "
+            "is not [M, N] with M <= N"
+        )
     storage = settings.storage
     if data_dir:
         storage = replace(storage, data_dir=data_dir)

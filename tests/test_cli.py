@@ -170,3 +170,27 @@ def test_version_and_help() -> None:
         with pytest.raises(SystemExit) as exit_:
             main(argv)
         assert exit_.value.code == 0
+
+
+def test_check_config_warns_about_public_ntfy(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An ntfy URL without a host goes to public ntfy.sh: check-config says so; a hosted one is quiet."""
+    cfg = _cfg(tmp_path, "notify:\n  urls: ['ntfy://my-alerts', 'ntfy://ntfy.example.net/t']\n")
+    assert main(["check-config", "--config", str(cfg)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("public ntfy.sh") == 1
+
+
+def test_alerts_and_history_on_empty_database(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`alerts` and `history` work on a fresh database, in text and JSON."""
+    _seed(tmp_path)
+    cfg = str(_cfg(tmp_path))
+    assert main(["alerts", "--config", cfg]) == 0
+    assert main(["alerts", "--pending", "--json", "--config", cfg]) == 0
+    assert main(["history", "--config", cfg]) == 0
+    assert main(["history", "--json", "--config", cfg]) == 0
+    out = capsys.readouterr().out
+    assert "no speed tests yet" in out and "[]" in out

@@ -18,6 +18,7 @@ import tempfile
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
@@ -332,3 +333,136 @@ def _unlink(path: str) -> None:
         os.unlink(path)
     except OSError:
         log.debug("could not remove temporary chart %s", path)
+
+
+# --- out-of-process sending ------------------------------------------------------------------
+#
+# Apprise costs ~18 MiB of RSS once its plugins load, for something that runs a few times a
+# month. The service therefore sends through a one-shot child process
+# (`python -m capbot.adapters.notifier`) and never imports Apprise itself; the CLI and tests may
+# still use AppriseNotifier in-process.
+
+_WORKER_TIMEOUT_S = 120.0
+_PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])  # importable even when not pip-installed
+
+
+async def _worker(request: dict[str, Any], timeout_s: float = _WORKER_TIMEOUT_S) -> dict[str, Any]:
+    """Run one request in a child process; its answer is one JSON object on stdout."""
+    import json
+    import sys
+
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH")) if p)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "capbot.adapters.notifier",
+        env=env,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,  # Apprise's own chatter may hold secrets
+    )
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(json.dumps(request).encode()), timeout_s)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise NotifyError(
+            f"the notification worker gave no answer within {timeout_s:.0f} s"
+        ) from None
+    except asyncio.CancelledError:
+        proc.kill()
+        raise
+    try:
+        answer: dict[str, Any] = json.loads(out.decode() or "{}")
+    except ValueError:
+        answer = {}
+    if not {"ok", "masked", "error"} & answer.keys():
+        raise NotifyError(f"the notification worker failed (exit status {proc.returncode})")
+    return answer
+
+
+class SubprocessNotifier(AppriseNotifier):
+    """AppriseNotifier's interface, with Apprise itself only ever loaded in a short-lived child."""
+
+    def __init__(self, urls: Sequence[NotifyUrl], masked_urls: Sequence[str]) -> None:
+        self._urls = list(urls)
+        self._objects = []
+        self._masked = list(masked_urls)
+        self._attachments: list[bool] = []
+
+    @classmethod
+    async def create(cls, urls: Sequence[NotifyUrl]) -> SubprocessNotifier:
+        """Validate and mask the URLs in a child process (ConfigError names a bad entry)."""
+        if not urls:
+            return cls([], [])
+        answer = await _worker({"op": "mask", "urls": [u.url for u in urls]})
+        if answer.get("error"):
+            raise ConfigError(str(answer["error"]))
+        return cls(urls, answer["masked"])
+
+    def supports_attachments(self, url_index: int) -> bool:
+        """Decided by the child, which knows the plugin."""
+        return True
+
+    async def send(
+        self,
+        url_index: int,
+        title: str,
+        body: str,
+        png: bytes | None = None,
+        severity: Severity = "info",
+    ) -> None:
+        """Send to one URL through a child process; raises NotifyError on failure."""
+        import base64
+
+        request = {
+            "op": "send",
+            "url": self._urls[url_index].url,
+            "title": title,
+            "body": body,
+            "severity": severity,
+            "png": base64.b64encode(png).decode() if png else None,
+        }
+        answer = await _worker(request)
+        if not answer.get("ok"):
+            raise NotifyError(str(answer.get("error") or "the notification failed"))
+        log.debug("notified %s", self._masked[url_index])
+
+
+def _serve_one() -> int:
+    """The child side: read one JSON request from stdin, answer one JSON object on stdout."""
+    import base64
+    import json
+    import sys
+
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    request = json.loads(sys.stdin.read() or "{}")
+    if request.get("op") == "mask":
+        try:
+            notifier = AppriseNotifier([NotifyUrl(u) for u in request["urls"]])
+        except ConfigError as exc:
+            print(json.dumps({"error": str(exc)}))
+            return 0
+        print(json.dumps({"masked": [notifier.masked_url(i) for i in range(len(notifier))]}))
+        return 0
+    if request.get("op") == "send":
+        notifier = AppriseNotifier([NotifyUrl(request["url"])])
+        png = base64.b64decode(request["png"]) if request.get("png") else None
+        try:
+            asyncio.run(
+                notifier.send(
+                    0, request["title"], request["body"], png, request.get("severity", "info")
+                )
+            )
+        except NotifyError as exc:
+            print(json.dumps({"ok": False, "error": str(exc)}))
+            return 0
+        print(json.dumps({"ok": True}))
+        return 0
+    print(json.dumps({"error": "unknown request"}))
+    return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(_serve_one())

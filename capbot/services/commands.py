@@ -5,19 +5,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import statistics
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
 from capbot import __version__
-from capbot.core.charts import Chart, DailyUsageChart, HourlyUsageChart, SpeedHistoryChart
+from capbot.core.charts import Chart, HourlyUsageChart
 from capbot.core.model import CommandRequest, ProbeResult, Progress, Reply
 from capbot.core.units import format_bps, format_bytes
 from capbot.errors import CapbotError
+from capbot.services.charts_for import daily_usage_chart, is_slow, speed_history_chart
 from capbot.services.render_text import usage_table
 from capbot.services.usage import UsageService, UsageSummary
 
@@ -29,8 +29,9 @@ class ProbeRunner(Protocol):
 
     @property
     def running(self) -> bool: ...
-    def estimated_cost_bytes(self) -> int: ...
-    async def run_now(self, trigger: str, progress: Progress | None = None) -> ProbeResult: ...
+    async def run_now(
+        self, trigger: str = "manual", progress: Progress | None = None
+    ) -> ProbeResult: ...
 
 
 class ProbeLog(Protocol):
@@ -71,6 +72,7 @@ class PlanFacts:
     slow_baseline_percent: float = 60.0
     probe_interval_s: float = 3600.0
     probe_mode: str = "economy"
+    probe_max_bytes: int = 300_000_000  # a probe's byte budget, both directions
 
 
 @dataclass
@@ -205,18 +207,7 @@ class Commands:
         if spec in ("today", "yesterday"):
             hours = self.usage.hourly(r.period)
             return HourlyUsageChart(title=f"Usage by hour, {r.period.label}", hours=tuple(hours))
-        today = self.clock().astimezone(self.tz).date()
-        idx = next((i for i, d in enumerate(r.days) if d.day == today), None)
-        budget = r.cap_bytes / r.period_days if r.cap_bytes and r.period_days else None
-        return DailyUsageChart(
-            title=f"Daily usage, {r.period.label}",
-            days=tuple((d.day.isoformat(), d.rx_bytes, d.tx_bytes) for d in r.days),
-            counted_bytes=tuple(d.counted_bytes for d in r.days),
-            daily_budget_bytes=budget,
-            cap_bytes=r.cap_bytes,
-            projected_total_bytes=r.projected_bytes,
-            today_index=idx,
-        )
+        return daily_usage_chart(summary, self.clock().astimezone(self.tz).date())
 
     async def _speedtest(self, args: tuple[str, ...], progress: Progress) -> Reply:
         if args:
@@ -232,9 +223,9 @@ class Commands:
                 f"Please wait {wait:.0f} s before the next speed test: each one costs data."
             )
         self._last_chat_probe = now
-        cost = self.prober.estimated_cost_bytes()
         await progress(
-            f"Running a speed test ({self.plan.probe_mode}); it uses up to {format_bytes(cost)} of data…"
+            f"Running a speed test ({self.plan.probe_mode} mode): it uses at most "
+            f"{format_bytes(self.plan.probe_max_bytes)} of data, usually far less…"
         )
         result = await self.prober.run_now("chat", progress)
         return Reply(_probe_text(result, self.tz))
@@ -254,7 +245,15 @@ class Commands:
         probes = await asyncio.to_thread(self.probe_log.probes, limit, since, ("ok", "failed"))
         if not probes:
             return Reply("No speed tests yet. Run /speedtest to make one.")
-        baseline = _baseline([p.download_bps for p in probes if p.ok])
+        chart = speed_history_chart(
+            probes,
+            self.plan.timezone,
+            self.plan.download_bps,
+            self.plan.upload_bps,
+            self.plan.slow_plan_percent,
+            self.plan.slow_baseline_percent,
+        )
+        baseline = chart.baseline_down_bps
         lines = [f"Last {len(probes)} speed tests ({self.plan.timezone}):"]
         for p in probes[:15]:
             lines.append(_probe_line(p, self.tz, self._slow(p, baseline)))
@@ -262,29 +261,16 @@ class Commands:
             lines.append(f"… and {len(probes) - 15} more in the chart")
         if baseline:
             lines.append(f"Baseline (median download): {format_bps(baseline)}")
-        chart = SpeedHistoryChart(
-            title="Speed history",
-            points=tuple(
-                (p.started_at.isoformat(), p.download_bps, p.upload_bps, self._slow(p, baseline))
-                for p in reversed(probes)
-                if p.ok
-            ),
-            tz=self.plan.timezone,
-            plan_down_bps=self.plan.download_bps,
-            plan_up_bps=self.plan.upload_bps,
-            baseline_down_bps=baseline,
-        )
         return Reply("\n".join(lines), await self._chart(chart), filename="history.png")
 
     def _slow(self, p: ProbeResult, baseline: float | None) -> bool:
-        if not p.ok or p.download_bps is None:
-            return False
-        if (
-            self.plan.download_bps
-            and p.download_bps < self.plan.download_bps * self.plan.slow_plan_percent / 100
-        ):
-            return True
-        return bool(baseline and p.download_bps < baseline * self.plan.slow_baseline_percent / 100)
+        return p.ok and is_slow(
+            p.download_bps,
+            self.plan.download_bps,
+            baseline,
+            self.plan.slow_plan_percent,
+            self.plan.slow_baseline_percent,
+        )
 
     async def _status(self, args: tuple[str, ...], progress: Progress) -> Reply:
         uptime = timedelta(seconds=int(self.mono() - self.status.started_mono))
@@ -329,7 +315,7 @@ class Commands:
         lines = ["Recent alerts:"]
         for a in items:
             at = a.raised_at.astimezone(self.tz).strftime("%m-%d %H:%M")
-            lines.append(f"{at} [{a.severity}] {a.title} ({a.status})")
+            lines.append(f"{at} [{a.severity}] {a.title} ({alert_status(a)})")
         return Reply("\n".join(lines))
 
     async def _plan(self, args: tuple[str, ...], progress: Progress) -> Reply:
@@ -358,9 +344,14 @@ class _BadArgs(Exception):
     """Bad command arguments; the message is the one-line hint."""
 
 
-def _baseline(values: Sequence[float | None]) -> float | None:
-    clean = [v for v in values if v]
-    return statistics.median(clean) if len(clean) >= 3 else None
+def alert_status(alert: Any) -> str:
+    """One word for an alert's deliveries: delivered, pending, dead or "no targets"."""
+    states = {d.status for d in getattr(alert, "deliveries", ())}
+    if not states:
+        return "no targets"
+    if states == {"delivered"}:
+        return "delivered"
+    return "dead" if "dead" in states else "pending"
 
 
 def _ago(at: datetime | None, now: datetime) -> str:

@@ -25,6 +25,7 @@ MINUTE_S = 60
 BUCKET_S = 900
 MAX_PENDING = 20_000  # samples held in memory while the database or the clock is unusable
 RECENT_WINDOW_S = 120.0
+HEARTBEAT_S = 600.0  # commit unchanged counters this often anyway: `capbot health` reads it
 
 
 class CounterSource(Protocol):
@@ -120,6 +121,8 @@ class Sampler:
         self._selected: list[str] = []
         self._last_boot_s: float | None = None  # CLOCK_BOOTTIME of the previous reading
         self._flush_lock = asyncio.Lock()
+        self._written: set[tuple[str, str, int, int]] = set()  # counters as last committed
+        self._written_mono = -math.inf
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -275,6 +278,14 @@ class Sampler:
                 self.status.clock_held = False
             batch = list(self._pending)
             states = self._states(now_ts)
+            heartbeat = mono_now - self._written_mono >= HEARTBEAT_S
+            if not heartbeat:
+                # Rows of counters that did not move would only cost SD-card writes.
+                states = [
+                    c
+                    for c in states
+                    if (c.iface, c.boot_id, c.rx_raw, c.tx_raw) not in self._written
+                ]
             if not batch and not states:
                 return True
             minutes: dict[tuple[str, int], list[int]] = {}
@@ -297,6 +308,11 @@ class Sampler:
                 )
                 return False
             del self._pending[: len(batch)]
+            written = {c.iface for c in states}
+            self._written = {k for k in self._written if k[0] not in written}
+            self._written |= {(c.iface, c.boot_id, c.rx_raw, c.tx_raw) for c in states}
+            if heartbeat:
+                self._written_mono = mono_now
             newest = max((r.ts for r in minute_rows), default=None)
             if newest is not None:
                 self._newest_ts = max(newest, self._newest_ts or newest)

@@ -175,3 +175,31 @@ def test_public_ntfy_warning(url: str, warns: bool) -> None:
     assert (warning is not None) is warns
     if warning:
         assert "public ntfy.sh" in warning
+
+
+async def test_subprocess_notifier_delivers_without_loading_apprise(receiver: JsonReceiver) -> None:
+    """The service's notifier sends through a child process: the message and PNG arrive, and
+    Apprise is never imported by the calling process."""
+    import sys
+
+    from capbot.adapters.notifier import SubprocessNotifier
+
+    had_apprise = "apprise" in sys.modules
+    notifier = await SubprocessNotifier.create([NotifyUrl(receiver.url("/sub", auth="u:s3cret"))])
+    assert "s3cret" not in notifier.masked_url(0)
+    await notifier.send(0, "Cap at 80%", "800 GB of 1 TB", b"\x89PNG\r\n\x1a\nfake", "warning")
+    got = receiver.wait_for(1)[0]
+    assert got.title == "Cap at 80%" and got.attachment_bytes().startswith(b"\x89PNG")
+    assert ("apprise" in sys.modules) == had_apprise
+
+
+async def test_subprocess_notifier_reports_failures_and_bad_urls() -> None:
+    """A refused connection is a NotifyError; a URL Apprise cannot parse is a ConfigError naming it."""
+    from capbot.adapters.notifier import SubprocessNotifier
+
+    with json_receiver("down") as dead:
+        notifier = await SubprocessNotifier.create([NotifyUrl(dead.url("/x"))])
+        with pytest.raises(NotifyError):
+            await notifier.send(0, "t", "b")
+    with pytest.raises(ConfigError, match=r"notify.urls\[0\]"):
+        await SubprocessNotifier.create([NotifyUrl("nosuchscheme://what")])

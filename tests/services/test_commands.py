@@ -26,9 +26,6 @@ class FakeProber:
         self.running = False
         self.calls = 0
 
-    def estimated_cost_bytes(self) -> int:
-        return 40_000_000
-
     async def run_now(self, trigger: str, progress=None) -> ProbeResult:  # type: ignore[no-untyped-def]
         self.calls += 1
         if progress:
@@ -71,6 +68,7 @@ def commands(tmp_path: Path) -> Commands:
         counted="both",
         download_bps=100e6,
         upload_bps=20e6,
+        probe_max_bytes=40_000_000,
     )
     return Commands(
         usage=usage,
@@ -128,7 +126,7 @@ async def test_bad_arguments_get_a_hint_and_the_help(commands: Commands, text: s
 async def test_speedtest_states_cost_then_result_and_cools_down(commands: Commands) -> None:
     """/speedtest says its data cost first, reports the result, then refuses a rapid repeat."""
     reply, lines = await _ask(commands, "/speedtest")
-    assert "40.0 MB" in lines[0]
+    assert "40.0 MB" in lines[0] and "at most" in lines[0]
     assert "93.1 Mbit/s" in reply.text
     again, _ = await _ask(commands, "/speedtest")
     assert "wait" in again.text.lower()

@@ -22,6 +22,7 @@ BUSY_TIMEOUT_MS = 10_000
 # 1 KiB pages: a batch touches a handful of pages and WAL frames are page-sized, so small pages
 # cut the bytes an SD card sees per flush about fourfold versus the 4 KiB default.
 SQLITE_PAGE_SIZE = 1024
+SQLITE_CACHE_KIB = 256
 
 
 def sqlite_url(path: Path) -> str:
@@ -42,6 +43,9 @@ def _install_sqlite_hooks(engine: Engine) -> None:
         # stored raw counters then recount on the next start.
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.execute("PRAGMA foreign_keys=ON")
+        # The default 2 MB page cache per connection is most of a Pi Zero's budget for the
+        # whole service; capbot's working set (the newest B-tree leaves) is a few pages.
+        cur.execute(f"PRAGMA cache_size=-{SQLITE_CACHE_KIB}")
         cur.close()
 
     @event.listens_for(engine, "begin")
@@ -64,6 +68,9 @@ def make_engine(url: str, *, create_dirs: bool = True) -> Engine:
     kwargs: dict[str, Any] = {}
     if is_sqlite:
         kwargs["connect_args"] = {"check_same_thread": False, "timeout": BUSY_TIMEOUT_MS / 1000}
+        # One writer plus a reader or two is all the service needs; each connection costs memory.
+        kwargs["pool_size"] = 2
+        kwargs["max_overflow"] = 2
     else:
         kwargs["pool_pre_ping"] = True
     engine = create_engine(url, **kwargs)

@@ -1,0 +1,95 @@
+"""The whole service in-process: sampler, store, command table, chart worker and the real
+python-telegram-bot client against the fake Bot API on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from capbot.app import Service, build_service
+from capbot.config import load_settings
+from tests.builders import seeded_store
+from tests.fake_telegram import FakeTelegram
+from tests.fakes import FakeCounters
+
+TOKEN = "424242:SERVICE-test-token"
+OWNER = 111
+STRANGER = 999
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@asynccontextmanager
+async def running(tmp_path: Path, fake: FakeTelegram, extra: str = "") -> AsyncIterator[Service]:
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(
+        f"host: h1\nstorage:\n  data_dir: {tmp_path}\n  flush_interval: 1\n"
+        "sampler:\n  interval: 0.2\n"
+        "plan:\n  cap: 100 GB\n  timezone: Europe/Berlin\n  download_mbps: 100\n"
+        "rules:\n  outage:\n    check_url: http://127.0.0.1:9/\n    check_interval: 3600\n"
+        f"telegram:\n  token: '{TOKEN}'\n  allowed_user_ids: [{OWNER}]\n"
+        f"  api_base_url: {fake.api_base_url}\n  file_base_url: {fake.file_base_url}\n" + extra
+    )
+    now = datetime.now(UTC)
+    seeded_store(
+        tmp_path / "capbot.db",
+        "h1",
+        [(now - timedelta(hours=h), "eth0", 2_000_000_000, 200_000_000) for h in range(0, 48, 2)],
+    ).close()
+    settings = load_settings(str(cfg), env={})
+    service = await asyncio.to_thread(build_service, settings, counters=FakeCounters())
+    task = asyncio.create_task(service.run())
+    try:
+        await fake.wait_for_call("setMyCommands", timeout_s=15)
+        yield service
+    finally:
+        service.stop.set()
+        await asyncio.wait_for(task, 20)
+
+
+async def test_usage_over_telegram_returns_text_and_chart(tmp_path: Path) -> None:
+    """/usage from an allowed user gets the cycle's figures and a real PNG chart; strangers get nothing."""
+    async with FakeTelegram(TOKEN) as fake, running(tmp_path, fake, "probe:\n  enabled: false\n"):
+        fake.push_message(STRANGER, STRANGER, "/usage")
+        fake.push_message(OWNER, OWNER, "/usage")
+        photo = (await fake.wait_for_call("sendPhoto", timeout_s=30))[0]
+        _name, data = next(iter(photo.files.values()))
+        assert data.startswith(PNG) and len(data) > 10_000
+        text = str(photo.params.get("caption", "")) + " ".join(
+            str(c.params.get("text", "")) for c in fake.calls_of("sendMessage")
+        )
+        assert "of 100 GB cap" in text
+        chats = {
+            int(c.params["chat_id"])
+            for c in fake.calls_of("sendMessage") + fake.calls_of("sendPhoto")
+        }
+        assert chats == {OWNER}
+        names = [cmd["command"] for cmd in fake.commands[-1]]
+        assert {"usage", "speedtest", "history", "status"} <= set(names)
+
+
+async def test_bad_arguments_get_help(tmp_path: Path) -> None:
+    """A bad argument is answered with a hint and the help, not an error."""
+    async with FakeTelegram(TOKEN) as fake, running(tmp_path, fake, "probe:\n  enabled: false\n"):
+        fake.push_message(OWNER, OWNER, "/usage fortnight")
+        msg = (await fake.wait_for_call("sendMessage", timeout_s=15))[0]
+        assert "Commands:" in str(msg.params["text"])
+        assert "/usage fortnight" in str(msg.params["text"])
+
+
+@pytest.mark.parametrize("command", ["/status", "/plan", "/alerts", "/history", "/help"])
+async def test_every_command_answers(tmp_path: Path, command: str) -> None:
+    """Each command answers through the real stack."""
+    async with FakeTelegram(TOKEN) as fake, running(tmp_path, fake, "probe:\n  enabled: false\n"):
+        fake.push_message(OWNER, OWNER, command)
+        msg = await fake.wait_for(
+            lambda calls: [
+                c for c in calls if c.method in ("sendMessage", "sendPhoto") and c.status == 200
+            ],
+            timeout_s=20,
+        )
+        assert msg
