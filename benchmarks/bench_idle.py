@@ -24,12 +24,12 @@ REF_LOOP = (
 )
 
 
-def measure(pid: int, seconds: float) -> tuple[float, float, float]:
-    c0, t0 = cpu_seconds(pid), time.monotonic()
+def measure(pids: list[int], seconds: float) -> list[tuple[float, float, float]]:
+    """(RSS, peak RSS, CPU % of one core) of each process over the same window."""
+    c0, t0 = [cpu_seconds(p) for p in pids], time.monotonic()
     time.sleep(seconds)
-    c1, t1 = cpu_seconds(pid), time.monotonic()
-    rss, hwm = rss_mib(pid)
-    return rss, hwm, (c1 - c0) / (t1 - t0) * 100
+    c1, t1 = [cpu_seconds(p) for p in pids], time.monotonic()
+    return [(*rss_mib(p), (b - a) / (t1 - t0) * 100) for p, a, b in zip(pids, c0, c1, strict=True)]
 
 
 def main() -> None:
@@ -46,8 +46,7 @@ def main() -> None:
     proc, work = start_capbot("sampler:\n  interval: 1\nprobe:\n  enabled: false\n")
     wait_for(work / "capbot.db")
     time.sleep(5)  # past start-up
-    rss, hwm, cpu = measure(proc.pid, args.seconds)
-    ref_rss, _, ref_cpu = measure(ref.pid, 10)
+    (rss, hwm, cpu), (ref_rss, _, ref_cpu) = measure([proc.pid, ref.pid], args.seconds)
     proc.send_signal(signal.SIGTERM)
     proc.wait(10)
     ref.kill()

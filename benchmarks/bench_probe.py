@@ -189,7 +189,7 @@ def main() -> None:
         for _ in range(args.rounds):
             rows.setdefault("curl", []).append(curl_download(base, total))
             rows.setdefault("curl -Z, 4 connections", []).append(curl_download(base, total, 4))
-            for streams in (4, 1):
+            for streams in (4, 2, 1):
                 bps, cpu, end = asyncio.run(probe_download(base, streams))
                 rows.setdefault(f"probe, {streams} streams", []).append((bps, cpu))
                 ends.append(end)
@@ -213,7 +213,7 @@ def main() -> None:
         if args.tbf:
             print("(the 40 % / 2.5x target is for the unshaped run; here the line is the limit)")
         else:
-            for name in ("probe, 4 streams", "probe, 1 streams"):
+            for name in ("probe, 4 streams", "probe, 2 streams", "probe, 1 streams"):
                 print("target " + verdict(rows, name, curl))
     finally:
         server.terminate()

@@ -386,6 +386,22 @@ def build_service(settings: Settings, *, counters: Any = None, probe: Any = None
     )
 
 
+class _LazySpeedProbe:
+    """Imports the speed-test adapter (aiohttp, ~8 MiB) at the first probe, not at start-up."""
+
+    def __init__(self) -> None:
+        self._probe: Any = None
+
+    async def run(
+        self, server: Any, settings: Any, progress: Any = None, trigger: str = "manual"
+    ) -> Any:
+        if self._probe is None:
+            from capbot.adapters.speedtest import SpeedProbe
+
+            self._probe = SpeedProbe()
+        return await self._probe.run(server, settings, progress, trigger)
+
+
 def _chat_sender(send_alert: Callable[[int, str, bytes | None], Awaitable[None]], chat: int) -> Any:
     async def send(title: str, body: str, png: bytes | None) -> None:
         await send_alert(chat, f"{title}\n\n{body}", png)
@@ -397,7 +413,6 @@ def build_prober(
     settings: Settings, store: Any, sampler: Any, cycle: CycleUsage, alerting: Any, probe: Any
 ) -> Any:
     """The scheduled prober: probes saved, fed to the rules; deferred when busy, skipped near the cap."""
-    from capbot.adapters.speedtest import SpeedProbe
     from capbot.core.probe import ScheduleSettings
     from capbot.services.prober import Prober
 
@@ -426,7 +441,7 @@ def build_prober(
         cap_skip_fraction=p.skip_above_cap_percent / 100,
     )
     return Prober(
-        probe or SpeedProbe(),
+        probe or _LazySpeedProbe(),
         probe_servers(settings),
         probe_settings(settings),
         schedule,

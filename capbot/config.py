@@ -550,6 +550,12 @@ def load_settings(
                 raise _err(section, raw[section], "is not a mapping of keys")
             raw[section][key] = value
     settings = _build(Settings, raw, "")
+    probe_raw = raw.get("probe") if isinstance(raw.get("probe"), dict) else {}
+    if "jitter" not in probe_raw and settings.probe.jitter >= settings.probe.interval / 4:
+        # The default jitter suits the default hour; a short interval gets a quarter of itself.
+        settings = replace(
+            settings, probe=replace(settings.probe, jitter=settings.probe.interval / 4)
+        )
     if settings.probe.jitter >= settings.probe.interval:
         raise ConfigError(
             f"probe.jitter: {settings.probe.jitter:g} must be less than probe.interval "

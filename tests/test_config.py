@@ -125,3 +125,16 @@ def test_sizes_and_windows_parse() -> None:
     assert plan.cap == 500 * 2**30
     assert plan.unmetered == ((23 * 60, 6 * 60),)
     assert _build(PlanSettings, {"cap": "1 TB"}, "plan").cap == 10**12
+
+
+def test_probe_jitter_follows_a_short_interval_and_is_checked(tmp_path: Path) -> None:
+    """An unset jitter shrinks to a quarter of a short interval; an explicit one must be smaller."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("probe:\n  interval: 120\n")
+    assert load_settings(str(cfg), env={}).probe.jitter == 30
+    cfg.write_text("probe:\n  interval: 120\n  jitter: 200\n")
+    with pytest.raises(ConfigError, match=r"probe\.jitter: 200 must be less than probe\.interval"):
+        load_settings(str(cfg), env={})
+    cfg.write_text("rules:\n  throttle:\n    slow_of_last: [6, 5]\n")
+    with pytest.raises(ConfigError, match=r"rules\.throttle\.slow_of_last"):
+        load_settings(str(cfg), env={})

@@ -19,12 +19,15 @@ from tests.fakes import FakeCounters
 
 TOKEN = "424242:SERVICE-test-token"
 OWNER = 111
+GROUP = -100555
 STRANGER = 999
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
 @asynccontextmanager
-async def running(tmp_path: Path, fake: FakeTelegram, extra: str = "") -> AsyncIterator[Service]:
+async def running(
+    tmp_path: Path, fake: FakeTelegram, extra: str = "", telegram_extra: str = ""
+) -> AsyncIterator[Service]:
     cfg = tmp_path / "config.yaml"
     cfg.write_text(
         f"host: h1\nstorage:\n  data_dir: {tmp_path}\n  flush_interval: 1\n"
@@ -32,7 +35,9 @@ async def running(tmp_path: Path, fake: FakeTelegram, extra: str = "") -> AsyncI
         "plan:\n  cap: 100 GB\n  timezone: Europe/Berlin\n  download_mbps: 100\n"
         "rules:\n  outage:\n    check_url: http://127.0.0.1:9/\n    check_interval: 3600\n"
         f"telegram:\n  token: '{TOKEN}'\n  allowed_user_ids: [{OWNER}]\n"
-        f"  api_base_url: {fake.api_base_url}\n  file_base_url: {fake.file_base_url}\n" + extra
+        f"  api_base_url: {fake.api_base_url}\n  file_base_url: {fake.file_base_url}\n"
+        + telegram_extra
+        + extra
     )
     now = datetime.now(UTC)
     seeded_store(
@@ -93,3 +98,61 @@ async def test_every_command_answers(tmp_path: Path, command: str) -> None:
             timeout_s=20,
         )
         assert msg
+
+
+async def test_speedtest_over_telegram_against_local_server_with_cooldown(tmp_path: Path) -> None:
+    """/speedtest states its cost, edits one message with progress, stores the probe, and a
+    rapid repeat is refused politely by the cooldown."""
+    from tests.speedserver import ServerConfig, SpeedServer
+
+    async with SpeedServer(ServerConfig.shaped(50e6)) as srv, FakeTelegram(TOKEN) as fake:
+        extra = (
+            "probe:\n  interval: 3600\n  jitter: 0\n"
+            f"  servers:\n    - name: local\n      kind: cloudflare\n      base_url: {srv.base_url}\n"
+            "chat:\n  speedtest_cooldown: 600\n"
+        )
+        async with running(tmp_path, fake, extra) as service:
+            fake.push_message(OWNER, OWNER, "/speedtest")
+            final = await fake.wait_for(
+                lambda calls: [c for c in calls if "server local" in str(c.params.get("text", ""))],
+                timeout_s=60,
+            )
+            first = fake.calls_of("sendMessage")[0]
+            assert "at most" in str(first.params["text"])  # the data cost, up front
+            assert fake.calls_of("editMessageText")  # progress edits one message
+            assert "Mbit/s" in str(final[-1].params["text"])
+            probes = await asyncio.to_thread(service.store.probes, 5)
+            assert probes and probes[0].ok and probes[0].trigger == "chat"
+            assert 40e6 < probes[0].download_bps < 55e6  # type: ignore[operator]
+            fake.push_message(OWNER, OWNER, "/speedtest")
+            refusal = await fake.wait_for(
+                lambda calls: [c for c in calls if "Please wait" in str(c.params.get("text", ""))],
+                timeout_s=20,
+            )
+            assert refusal
+
+
+async def test_cap_alert_reaches_the_telegram_alert_chat(tmp_path: Path) -> None:
+    """A cap threshold crossed by the stored usage is delivered to telegram.alert_chat_ids, once."""
+    async with FakeTelegram(TOKEN) as fake:
+        # 24 x 2.2 GB = 52.8 GB of the 100 GB cap: 50% is crossed at the first rule check.
+        extra = "probe:\n  enabled: false\n"
+        async with running(tmp_path, fake, extra, telegram_extra=f"  alert_chat_ids: [{GROUP}]\n"):
+            alert = await fake.wait_for(
+                lambda calls: [
+                    c
+                    for c in calls
+                    if c.method in ("sendMessage", "sendPhoto")
+                    and int(c.params["chat_id"]) == GROUP
+                ],
+                timeout_s=30,
+            )
+            await asyncio.sleep(2.5)  # more rule checks (every flush) must not repeat it
+            sent = [
+                c
+                for c in fake.calls
+                if c.method in ("sendMessage", "sendPhoto") and int(c.params["chat_id"]) == GROUP
+            ]
+        text = str(alert[0].params.get("caption") or alert[0].params.get("text"))
+        assert "50%" in text
+        assert len(sent) == 1

@@ -23,6 +23,7 @@ BUSY_TIMEOUT_MS = 10_000
 # cut the bytes an SD card sees per flush about fourfold versus the 4 KiB default.
 SQLITE_PAGE_SIZE = 1024
 SQLITE_CACHE_KIB = 256
+WAL_AUTOCHECKPOINT_PAGES = 200
 
 
 def sqlite_url(path: Path) -> str:
@@ -42,6 +43,9 @@ def _install_sqlite_hooks(engine: Engine) -> None:
         # NORMAL in WAL never corrupts; a power cut may roll back the last commits, which the
         # stored raw counters then recount on the next start.
         cur.execute("PRAGMA synchronous=NORMAL")
+        # A small WAL (200 one-KiB pages) is reused from its start after each checkpoint
+        # instead of growing for hours: fewer new blocks for the SD card, less to replay.
+        cur.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
         cur.execute("PRAGMA foreign_keys=ON")
         # The default 2 MB page cache per connection is most of a Pi Zero's budget for the
         # whole service; capbot's working set (the newest B-tree leaves) is a few pages.
