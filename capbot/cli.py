@@ -220,29 +220,6 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _probe_json(result: Any) -> dict[str, Any]:
-    return {
-        "started_at": result.started_at.isoformat(),
-        "server": result.server,
-        "mode": result.mode,
-        "status": result.status,
-        "download_bps": result.download_bps,
-        "upload_bps": result.upload_bps,
-        "latency_ms": result.latency_ms,
-        "jitter_ms": result.jitter_ms,
-        "loaded_latency_ms": result.loaded_latency_ms,
-        "bytes_down": result.bytes_down,
-        "bytes_up": result.bytes_up,
-        "duration_s": result.duration_s,
-        "download_end": result.download_end,
-        "upload_end": result.upload_end,
-        "meta": dict(result.meta),
-        "trigger": result.trigger,
-        "error_kind": result.error_kind,
-        "error": result.error,
-    }
-
-
 def _probe_line(result: Any) -> str:
     from capbot.core.units import format_bps, format_bytes
 
@@ -295,7 +272,7 @@ def cmd_speedtest(args: argparse.Namespace) -> int:
         except CapbotError as exc:
             print(f"capbot: probe not stored: {exc}", file=sys.stderr)
     if args.json:
-        out = _probe_json(result)
+        out = result.to_json()
         out["stored"] = store is not None
         print(json.dumps(out, indent=2))
     else:
@@ -325,7 +302,7 @@ def cmd_history(args: argparse.Namespace) -> int:
     store = _open_existing_store(settings)
     probes = store.probes(limit=max(args.limit, 1))
     if args.json:
-        print(json.dumps([_probe_json(p) for p in probes], indent=2))
+        print(json.dumps([p.to_json() for p in probes], indent=2))
     elif not probes:
         print("no speed tests yet (run `capbot speedtest`)")
     else:

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -194,3 +195,63 @@ def test_alerts_and_history_on_empty_database(
     assert main(["history", "--json", "--config", cfg]) == 0
     out = capsys.readouterr().out
     assert "no speed tests yet" in out and "[]" in out
+
+
+@pytest.fixture
+def speed_server() -> Iterator[str]:
+    """The local Cloudflare-style speed server (tests/speedserver.py) at 200 Mbit/s, in a child."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.speedserver", "--down-mbps", "200", "--up-mbps", "200"],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    assert line.startswith("READY"), line
+    yield f"http://127.0.0.1:{line.split()[1]}"
+    proc.terminate()
+    proc.wait(10)
+
+
+def test_speedtest_json_is_stored_and_listed(
+    tmp_path: Path, speed_server: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`speedtest --server URL --json` measures the local server, stores the probe, and `history` lists it."""
+    _seed(tmp_path)
+    cfg = str(_cfg(tmp_path))
+    assert main(["speedtest", "--config", cfg, "--server", speed_server, "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    for key in (
+        "download_bps",
+        "upload_bps",
+        "latency_ms",
+        "jitter_ms",
+        "loaded_latency_ms",
+        "bytes_down",
+        "bytes_up",
+        "server",
+        "error",
+    ):
+        assert key in out
+    assert out["stored"] is True and out["error"] is None
+    assert 150e6 < out["download_bps"] < 210e6
+    assert out["bytes_down"] > 0 and out["bytes_up"] > 0
+    assert main(["history", "--config", cfg, "--json"]) == 0
+    history = json.loads(capsys.readouterr().out)
+    assert len(history) == 1 and history[0]["download_bps"] == out["download_bps"]
+    assert main(["usage", "--config", cfg, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["probe_bytes"] == out["bytes_down"] + out["bytes_up"]
+
+
+def test_speedtest_failure_is_recorded_not_a_number(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A refused connection exits 1 with error_kind connect and no rates."""
+    _seed(tmp_path)
+    cfg = str(_cfg(tmp_path))
+    assert main(["speedtest", "--config", cfg, "--server", "http://127.0.0.1:9", "--json"]) == 1
+    out = json.loads(capsys.readouterr().out)
+    assert out["status"] == "failed" and out["error_kind"] == "connect"
+    assert out["download_bps"] is None and out["upload_bps"] is None
+    assert main(["speedtest", "--config", cfg, "--server", "nosuchname"]) == 2

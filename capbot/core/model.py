@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Literal, Protocol
 
@@ -61,6 +61,13 @@ class ProbeResult:
     def ok(self) -> bool:
         """True when the probe measured something."""
         return self.status == "ok"
+
+    def to_json(self) -> dict[str, object]:
+        """JSON-ready fields (ISO time, bit/s, ms, bytes) for the CLI and exports."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["started_at"] = self.started_at.isoformat()
+        out["meta"] = dict(self.meta)
+        return out
 
 
 @dataclass(frozen=True)

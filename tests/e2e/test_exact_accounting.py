@@ -45,20 +45,8 @@ def _netns_available() -> bool:
 @pytest.mark.skipif(not _netns_available(), reason="needs root and unshare -n")
 def test_usage_equals_kernel_counters_across_kill_and_restart(tmp_path: Path) -> None:
     """kill -9 mid-run, traffic while down, restart, SIGTERM: usage equals the kernel's lo counters exactly."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = (
-        str(Path(__file__).resolve().parents[2]) + os.pathsep + env.get("PYTHONPATH", "")
-    )
-    proc = subprocess.run(
-        ["unshare", "-n", sys.executable, str(SCENARIO), str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=90,
-        env=env,
-    )
-    log = (tmp_path / "service.log").read_text() if (tmp_path / "service.log").exists() else ""
-    assert proc.returncode == 0, proc.stderr + log
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result = _run_in_netns(SCENARIO, tmp_path, timeout=90)
+    log = result["log"]
     assert result["rc"] == 0, log
     assert result["stop_s"] < 2.0, result
     assert result["report"] == {"rx_bytes": result["kernel_rx"], "tx_bytes": result["kernel_tx"]}, (

@@ -223,27 +223,13 @@ class Store:
 
     def add_probe(self, result: ProbeResult) -> int:
         """Store one probe result (ok, failed, deferred or skipped); returns its id."""
-        row = {
-            "host": self.host,
-            "started_ts": result.started_at.timestamp(),
-            "server": result.server,
-            "mode": result.mode,
-            "status": result.status,
-            "trigger": result.trigger,
-            "download_bps": result.download_bps,
-            "upload_bps": result.upload_bps,
-            "latency_ms": result.latency_ms,
-            "jitter_ms": result.jitter_ms,
-            "loaded_latency_ms": result.loaded_latency_ms,
-            "bytes_down": result.bytes_down,
-            "bytes_up": result.bytes_up,
-            "duration_s": result.duration_s,
-            "download_end": result.download_end,
-            "upload_end": result.upload_end,
-            "meta_json": json.dumps(dict(result.meta), sort_keys=True),
-            "error_kind": result.error_kind,
-            "error": result.error,
-        }
+        row = result.to_json()
+        del row["started_at"], row["meta"]
+        row.update(
+            host=self.host,
+            started_ts=result.started_at.timestamp(),
+            meta_json=json.dumps(dict(result.meta), sort_keys=True),
+        )
         try:
             with write_tx(self.engine) as conn:
                 res = conn.execute(_PROBE.insert().values(**row))
