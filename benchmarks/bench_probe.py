@@ -69,11 +69,14 @@ def curl_download(base: str, total_bytes: int, connections: int = 1) -> tuple[fl
     return n * 8 / wall, cpu / (n / GIB)
 
 
-async def probe_download(base: str, streams: int) -> tuple[float, float, str]:
-    """(reported bit/s, CPU-s/GiB, end) of a download-only probe."""
+async def probe_download(base: str, streams: int | None) -> tuple[float, float, str]:
+    """(reported bit/s, CPU-s/GiB, end) of a download-only probe; `streams=None` is the default
+    economy probe, which picks its stream count from the idle round trip (`streams_for`)."""
+    preset = ProbeSettings.for_mode("economy")
     settings = replace(
-        ProbeSettings.for_mode("economy"),
-        streams=streams,
+        preset,
+        streams=streams or preset.streams,
+        auto_streams=streams is None,
         upload=False,
         max_seconds=3.0,
         max_bytes=10**12,
@@ -189,9 +192,10 @@ def main() -> None:
         for _ in range(args.rounds):
             rows.setdefault("curl", []).append(curl_download(base, total))
             rows.setdefault("curl -Z, 4 connections", []).append(curl_download(base, total, 4))
-            for streams in (4, 2, 1):
+            for streams in (None, 4, 2, 1):
                 bps, cpu, end = asyncio.run(probe_download(base, streams))
-                rows.setdefault(f"probe, {streams} streams", []).append((bps, cpu))
+                name = f"probe, {streams} streams" if streams else "probe, default (auto)"
+                rows.setdefault(name, []).append((bps, cpu))
                 ends.append(end)
             if args.libraries:
                 libraries = {
@@ -213,7 +217,7 @@ def main() -> None:
         if args.tbf:
             print("(the 40 % / 2.5x target is for the unshaped run; here the line is the limit)")
         else:
-            for name in ("probe, 4 streams", "probe, 2 streams", "probe, 1 streams"):
+            for name in ("probe, default (auto)", "probe, 4 streams", "probe, 1 streams"):
                 print("target " + verdict(rows, name, curl))
     finally:
         server.terminate()

@@ -45,7 +45,11 @@ async def app_runs(rate_mbps: int, runs: int, settings: ProbeSettings) -> list[d
         for _ in range(runs):
             res = await SpeedProbe().run(spec, settings)
             out.append(
-                {**res.__dict__, "reference_bps": rate_mbps * 1e6, "streams": settings.streams}
+                {
+                    **res.__dict__,
+                    "reference_bps": rate_mbps * 1e6,
+                    "streams": res.meta.get("streams"),
+                }
             )
             await asyncio.sleep(0.3)
     return out
@@ -94,23 +98,31 @@ def main() -> None:
     parser.add_argument("--streams", default="", help="comma-separated stream counts (tc sweep)")
     args = parser.parse_args()
     settings = ProbeSettings.for_mode(args.mode)
-    sweep = [int(s) for s in args.streams.split(",") if s] or [settings.streams]
+    # No --streams: the default probe, which picks its own count from the round trip.
+    sweep: list[int | None] = [int(s) for s in args.streams.split(",") if s] or [None]
     tc = _can_unshare()
     for rate in (int(r) for r in args.rates.split(",")):
         print(f"== {rate} Mbit/s, {args.mode} mode, {args.runs} runs per row set")
         for streams in sweep:
-            s = replace(settings, streams=streams)
+            s = (
+                settings
+                if streams is None
+                else replace(settings, streams=streams, auto_streams=False)
+            )
+            label = "default" if streams is None else str(streams)
             app = asyncio.run(app_runs(rate, args.runs, s))
             economy = args.mode == "economy"
-            summarise(f"app, {streams} streams", [row("app", r) for r in app], economy)
+            summarise(f"app, {label} streams", [row("app", r) for r in app], economy)
             if not tc:
                 print("  tc: skipped (needs root with unshare and tc)")
                 continue
-            extra = ["--mode", args.mode, "--streams", str(streams), "--repeat", str(args.runs)]
+            extra = ["--mode", args.mode, "--repeat", str(args.runs)]
+            if streams is not None:
+                extra += ["--streams", str(streams)]
             shaped = run_child((rate,), *extra, timeout_s=600)
             for r in shaped:
                 r["reference_bps"] = r["curl_down_bps"]
-            summarise(f"tc, {streams} streams (curl {shaped[0]['curl_down_bps'] / 1e6:.1f} Mbit/s)",
+            summarise(f"tc, {label} streams (curl {shaped[0]['curl_down_bps'] / 1e6:.1f} Mbit/s)",
                       [row("tc", r) for r in shaped], economy)  # fmt: skip
 
 

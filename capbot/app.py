@@ -257,7 +257,7 @@ def build_service(settings: Settings, *, counters: Any = None, probe: Any = None
     from capbot.adapters.charts import ChartRenderer
     from capbot.adapters.netcounters import PsutilCounters
     from capbot.adapters.store.alerts import AlertStore
-    from capbot.services.alerting import AlertingService, FuncSender, tcp_check
+    from capbot.services.alerting import AlertingService, tcp_check
     from capbot.services.commands import Commands, PlanFacts, StatusFacts
     from capbot.services.sampler import Sampler
 
@@ -349,14 +349,8 @@ def build_service(settings: Settings, *, counters: Any = None, probe: Any = None
             commands,
         )
         bots.append(tg_bot)
-        for chat in t.alert_chat_ids:
-            alerting.add_sender(
-                FuncSender(
-                    f"telegram:{chat}",
-                    _chat_sender(tg_bot.send_alert, chat),
-                    f"telegram chat {chat}",
-                )
-            )
+        for sender in _chat_senders("telegram", "chat", tg_bot.send_alert, t.alert_chat_ids):
+            alerting.add_sender(sender)
     if settings.discord.token:
         from capbot.bots.discord import DiscordBot, DiscordSettings
 
@@ -373,14 +367,8 @@ def build_service(settings: Settings, *, counters: Any = None, probe: Any = None
             commands,
         )
         bots.append(dc_bot)
-        for channel in d.alert_channel_ids:
-            alerting.add_sender(
-                FuncSender(
-                    f"discord:{channel}",
-                    _chat_sender(dc_bot.send_alert, channel),
-                    f"discord channel {channel}",
-                )
-            )
+        for sender in _chat_senders("discord", "channel", dc_bot.send_alert, d.alert_channel_ids):
+            alerting.add_sender(sender)
     return Service(
         settings, store, sampler, usage, alerting, alert_store, commands, prober, charts, bots
     )
@@ -402,11 +390,22 @@ class _LazySpeedProbe:
         return await self._probe.run(server, settings, progress, trigger)
 
 
-def _chat_sender(send_alert: Callable[[int, str, bytes | None], Awaitable[None]], chat: int) -> Any:
-    async def send(title: str, body: str, png: bytes | None) -> None:
-        await send_alert(chat, f"{title}\n\n{body}", png)
+def _chat_senders(
+    platform: str,
+    kind: str,
+    send_alert: Callable[[int, str, bytes | None], Awaitable[None]],
+    ids: tuple[int, ...],
+) -> list[Any]:
+    """One alert delivery target per configured chat or channel, through the bot's send_alert."""
+    from capbot.services.alerting import FuncSender
 
-    return send
+    def sender(chat: int) -> Any:
+        async def send(title: str, body: str, png: bytes | None) -> None:
+            await send_alert(chat, f"{title}\n\n{body}", png)
+
+        return FuncSender(f"{platform}:{chat}", send, f"{platform} {kind} {chat}")
+
+    return [sender(chat) for chat in ids]
 
 
 def build_prober(

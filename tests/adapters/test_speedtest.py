@@ -20,7 +20,9 @@ MBIT = 1_000_000
 
 def fast(**changes: Any) -> ProbeSettings:
     """Economy settings with test-friendly timeouts."""
-    base = dict(stall_timeout_s=0.5, connect_timeout_s=1.0, latency_samples=10)
+    base: dict[str, Any] = dict(stall_timeout_s=0.5, connect_timeout_s=1.0, latency_samples=10)
+    if "streams" in changes:
+        base["auto_streams"] = False  # the count asked for, even on a sub-ms loopback path
     base.update(changes)
     return replace(ProbeSettings.for_mode("economy"), **base)
 
@@ -57,6 +59,7 @@ async def test_bytes_are_exact_when_every_request_completes() -> None:
         result = await probe(srv, settings)
         await asyncio.sleep(0.05)  # let the server account the last reads
         assert result.ok, result.error
+        assert result.meta["streams"] == "2"
         assert result.download_end == "max_bytes" and result.upload_end == "max_bytes"
         assert result.meta["byte_count"] == "tcp"
         # HTTP heads and bodies, latency and metadata requests included
@@ -270,3 +273,11 @@ async def test_garbage_meta_is_not_fatal() -> None:
         result = await probe(srv, fast(upload=False))
     assert result.ok, result.error
     assert "ip" not in result.meta
+
+
+async def test_default_probe_uses_one_stream_on_a_lan_path() -> None:
+    """On loopback (sub-ms round trip) the default probe opens a single stream and says so."""
+    async with SpeedServer(ServerConfig.shaped(50e6)) as srv:
+        result = await probe(srv, fast(max_bytes=5_000_000))
+        assert result.ok, result.error
+        assert result.meta["streams"] == "1"

@@ -116,13 +116,13 @@ def _child(args: argparse.Namespace) -> None:
             curl_bps = _curl_bps(f"{base}/__down?bytes={int(rate * 1e6 / 8 * 2)}")
             settings = ProbeSettings.for_mode(args.mode)
             if args.streams:
-                settings = replace(settings, streams=args.streams)
+                settings = replace(settings, streams=args.streams, auto_streams=False)
             for _ in range(args.repeat):
                 time.sleep(0.5)  # let the queue drain
                 res = asyncio.run(SpeedProbe().run(spec, settings))
                 line = {
                     "rate_mbps": rate,
-                    "streams": settings.streams,
+                    "streams": res.meta.get("streams"),
                     "curl_down_bps": curl_bps,
                     **{k: getattr(res, k) for k in _FIELDS},
                 }

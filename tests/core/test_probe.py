@@ -379,3 +379,14 @@ def test_schedule_validation(kwargs: dict[str, object]) -> None:
     """Nonsense schedules are refused."""
     with pytest.raises(ValueError, match="probe schedule"):
         ScheduleSettings(**kwargs)  # type: ignore[arg-type]
+
+
+def test_streams_for_uses_one_stream_on_a_lan_path_only() -> None:
+    """A sub-3 ms round trip gets one stream; an internet path or a hand-set count keeps the preset."""
+    from capbot.core.probe import ProbeSettings, streams_for
+
+    economy = ProbeSettings.for_mode("economy")
+    assert streams_for(economy, 0.3) == 1
+    assert streams_for(economy, 25.0) == economy.streams
+    assert streams_for(economy, None) == economy.streams
+    assert streams_for(ProbeSettings.for_mode("economy", streams=4), 0.3) == 4

@@ -32,7 +32,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -49,6 +49,7 @@ from capbot.core.probe import (
     StableEstimator,
     latency_stats,
     server_time_ms,
+    streams_for,
 )
 from capbot.core.units import format_bps, format_bytes
 from capbot.errors import ProbeError, ProbeHTTPError, ProbeProtocolError, ProbeTimeoutError
@@ -205,6 +206,10 @@ class SpeedProbe:
                 pump.send(f"Latency {stats.median_ms:.1f} ms, jitter {stats.jitter_ms:.1f} ms")
             if server.kind == "cloudflare":
                 run.meta.update(await self._meta(lat_s, server))
+            streams = streams_for(settings, run.latency_ms)
+            if streams != settings.streams:
+                settings = replace(settings, streams=streams)
+            run.meta["streams"] = str(streams)
             run.down = await self._direction(
                 "download", bulk_s, lat_s, server, settings, meter, run, pump
             )
