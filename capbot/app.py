@@ -41,7 +41,7 @@ def open_store(settings: Settings) -> Any:
     """The store for `settings` with its schema checked (imports SQLModel)."""
     from capbot.adapters.store.usage import Store
 
-    store = Store(settings.database_url, settings.host)
+    store = Store(settings.database_url, settings.host, settings.data_dir / "usage.journal")
     store.open()
     return store
 
@@ -66,6 +66,7 @@ def sampler_config(settings: Settings) -> SamplerConfig:
         max_rate_mbps=s.max_rate_mbps,
         flush_interval_s=settings.storage.flush_interval,
         minute_retention_days=settings.storage.minute_retention_days,
+        commit_interval_s=settings.storage.commit_interval,
     )
 
 

@@ -209,6 +209,7 @@ class StorageSettings:
 
     data_dir: str = _f("", _str)
     flush_interval: float = _f(60.0, _number(1, 3600))
+    commit_interval: float = _f(600.0, _number(1, 86400))
     minute_retention_days: int = _f(35, _number(1, 3660, integer=True))
 
 

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import math
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
@@ -44,7 +45,11 @@ class UsageSink(Protocol):
     def counter_states(self) -> dict[str, StoredCounter]: ...
     def newest_ts(self) -> int | None: ...
     def write_batch(
-        self, minutes: list[UsageRow], buckets: list[UsageRow], states: list[StoredCounter]
+        self,
+        minutes: list[UsageRow],
+        buckets: list[UsageRow],
+        states: list[StoredCounter],
+        journal_token: str | None = None,
     ) -> None: ...
     def prune_minutes(self, before_ts: int) -> int: ...
 
@@ -60,6 +65,8 @@ class SamplerConfig:
     flush_interval_s: float = 60.0
     minute_retention_days: int = 35
     reselect_interval_s: float = 60.0
+    # Commit to the database this often and journal the flushes in between (0: every flush).
+    commit_interval_s: float = 0.0
 
 
 @dataclass
@@ -123,12 +130,21 @@ class Sampler:
         self._flush_lock = asyncio.Lock()
         self._written: set[tuple[str, str, int, int]] = set()  # counters as last committed
         self._written_mono = -math.inf
+        self._uncommitted_minutes: dict[tuple[str, int], list[int]] = {}
+        self._uncommitted_buckets: dict[tuple[str, int], list[int]] = {}
+        self._gen = uuid.uuid4().hex[:12]  # this process's journal generation
+        self._seq = 0
+        self._last_commit_mono = -math.inf
 
     # --- lifecycle --------------------------------------------------------------------------
 
     async def start(self) -> None:
         """Load the stored counters and take the first reading (which counts any downtime)."""
         self._boot_id = self.source.boot_id()
+        # A crash between commits leaves its last journal record: apply it exactly once.
+        if self._journaling and await asyncio.to_thread(self.store.replay_journal):  # type: ignore[attr-defined]
+            log.info("applied the usage journal left by the previous run")
+        self._last_commit_mono = self.mono_clock()
         self._stored = dict(await asyncio.to_thread(self.store.counter_states))
         self._newest_ts = await asyncio.to_thread(self.store.newest_ts)
         self.sample()
@@ -286,28 +302,71 @@ class Sampler:
                     for c in states
                     if (c.iface, c.boot_id, c.rx_raw, c.tx_raw) not in self._written
                 ]
-            if not batch and not states:
-                return True
-            minutes: dict[tuple[str, int], list[int]] = {}
-            buckets: dict[tuple[str, int], list[int]] = {}
+            commit_due = mono_now - self._last_commit_mono >= self.config.commit_interval_s
+            if (
+                not batch
+                and not states
+                and not (self._uncommitted_minutes and (final or commit_due))
+            ):
+                return True  # nothing new (and the journal already holds what is uncommitted)
             for s in batch:
                 ts = now_ts - int(mono_now - s.mono)
                 if floor is not None:
                     ts = max(ts, floor)  # never write a row earlier than the newest stored one
-                for agg, size in ((minutes, MINUTE_S), (buckets, BUCKET_S)):
+                for agg, size in (
+                    (self._uncommitted_minutes, MINUTE_S),
+                    (self._uncommitted_buckets, BUCKET_S),
+                ):
                     acc = agg.setdefault((s.iface, ts - ts % size), [0, 0])
                     acc[0] += s.rx_bytes
                     acc[1] += s.tx_bytes
+            del self._pending[: len(batch)]  # from here on they live in the uncommitted rows
+            minutes, buckets = self._uncommitted_minutes, self._uncommitted_buckets
             minute_rows = [UsageRow(i, t, v[0], v[1]) for (i, t), v in sorted(minutes.items())]
             bucket_rows = [UsageRow(i, t, v[0], v[1]) for (i, t), v in sorted(buckets.items())]
-            try:
-                await asyncio.to_thread(self.store.write_batch, minute_rows, bucket_rows, states)
-            except StorageError as exc:
-                log.error(
-                    "could not write %d samples (kept in memory, will retry): %s", len(batch), exc
-                )
-                return False
-            del self._pending[: len(batch)]
+            all_states = self._states(now_ts)
+            self._seq += 1
+            token = f"{self._gen}:{self._seq}"
+            commit = final or not self._journaling or commit_due
+            if not commit:
+                record = {
+                    "host": getattr(self.store, "host", ""),
+                    "token": token,
+                    "minutes": [[r.iface, r.ts, r.rx_bytes, r.tx_bytes] for r in minute_rows],
+                    "buckets": [[r.iface, r.ts, r.rx_bytes, r.tx_bytes] for r in bucket_rows],
+                    "states": [
+                        [c.iface, c.boot_id, c.rx_raw, c.tx_raw, c.boottime_s, c.wall_ts]
+                        for c in all_states
+                    ],
+                }
+                try:
+                    await asyncio.to_thread(self.store.append_journal, record)  # type: ignore[attr-defined]
+                except StorageError as exc:
+                    log.warning("journal write failed, committing instead: %s", exc)
+                    commit = True
+            if commit:
+                try:
+                    await asyncio.to_thread(
+                        self.store.write_batch,
+                        minute_rows,
+                        bucket_rows,
+                        all_states,
+                        token if self._journaling else None,
+                    )
+                except StorageError as exc:
+                    log.error(
+                        "could not write %d minute rows (kept in memory, will retry): %s",
+                        len(minute_rows),
+                        exc,
+                    )
+                    return False
+                self._uncommitted_minutes, self._uncommitted_buckets = {}, {}
+                self._last_commit_mono = mono_now
+                if self._journaling:
+                    try:
+                        await asyncio.to_thread(self.store.clear_journal)  # type: ignore[attr-defined]
+                    except StorageError as exc:  # harmless: the commit's mark covers it
+                        log.warning("could not clear the usage journal: %s", exc)
             written = {c.iface for c in states}
             self._written = {k for k in self._written if k[0] not in written}
             self._written |= {(c.iface, c.boot_id, c.rx_raw, c.tx_raw) for c in states}
@@ -319,13 +378,21 @@ class Sampler:
             self.status.last_flush_at = now
             self.status.pending_samples = len(self._pending)
             log.debug(
-                "flushed %d samples into %d minute rows%s",
+                "flushed %d samples (%d minute rows %s)%s",
                 len(batch),
                 len(minute_rows),
+                "committed" if commit else "journaled",
                 " (final)" if final else "",
             )
-            await self._maybe_prune(now_ts, mono_now)
+            if commit:
+                await self._maybe_prune(now_ts, mono_now)
             return True
+
+    @property
+    def _journaling(self) -> bool:
+        return (
+            self.config.commit_interval_s > 0 and getattr(self.store, "journal", None) is not None
+        )
 
     def _states(self, now_ts: int) -> list[StoredCounter]:
         return [

@@ -15,7 +15,8 @@ from sqlalchemy import Engine, Table, delete, func, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from capbot.adapters.store.db import init_schema, make_engine, read_tx, write_tx
-from capbot.adapters.store.tables import CounterState, ProbeRow, Usage15m, UsageMinute
+from capbot.adapters.store.journal import UsageJournal
+from capbot.adapters.store.tables import CounterState, Meta, ProbeRow, Usage15m, UsageMinute
 from capbot.core.model import ProbeResult, StoredCounter, UsageRow
 from capbot.core.report import Bucket
 from capbot.errors import StorageError
@@ -29,6 +30,7 @@ _MINUTE: Table = UsageMinute.__table__  # type: ignore[attr-defined]
 _BUCKET: Table = Usage15m.__table__  # type: ignore[attr-defined]
 _STATE: Table = CounterState.__table__  # type: ignore[attr-defined]
 _PROBE: Table = ProbeRow.__table__  # type: ignore[attr-defined]
+_META: Table = Meta.__table__  # type: ignore[attr-defined]
 
 
 def _insert(conn: Any, table: Table) -> Any:
@@ -69,10 +71,11 @@ def _upsert_replace(conn: Any, table: Table, rows: list[dict[str, Any]], keys: l
 class Store:
     """capbot's database: usage, counter state and probes (alerts live in `store.alerts`)."""
 
-    def __init__(self, url: str, host: str) -> None:
+    def __init__(self, url: str, host: str, journal_path: Path | None = None) -> None:
         self.url = url
         self.host = host
         self.engine: Engine = make_engine(url)
+        self.journal = UsageJournal(journal_path) if journal_path is not None else None
 
     def open(self) -> int:
         """Create or check the schema; returns its version."""
@@ -108,11 +111,20 @@ class Store:
         minutes: Sequence[UsageRow],
         buckets: Sequence[UsageRow],
         states: Sequence[StoredCounter],
+        journal_token: str | None = None,
     ) -> None:
-        """Add usage and record the raw counters it came from, in one transaction (all or nothing)."""
+        """Add usage and record the raw counters it came from, in one transaction (all or nothing).
+
+        `journal_token` names the journal record this batch applies, so that a record is never
+        applied twice (see `capbot.adapters.store.journal`).
+        """
         h = self.host
         try:
             with write_tx(self.engine) as conn:
+                if journal_token is not None:
+                    _upsert_replace(
+                        conn, _META, [{"key": f"journal:{h}", "value": journal_token}], ["key"]
+                    )
                 _upsert_add(conn, _MINUTE, [_row(h, r) for r in minutes])
                 _upsert_add(conn, _BUCKET, [_row(h, r) for r in buckets])
                 _upsert_replace(
@@ -134,6 +146,48 @@ class Store:
                 )
         except (SQLAlchemyError, OSError) as exc:
             raise StorageError(f"cannot write usage: {exc}") from exc
+
+    # --- the journal ----------------------------------------------------------------------
+
+    def append_journal(self, record: dict[str, Any]) -> None:
+        """Append a cumulative record of what is not yet committed (raises StorageError)."""
+        if self.journal is None:
+            raise StorageError("this store has no journal")
+        self.journal.append(record)
+
+    def clear_journal(self) -> None:
+        """Forget journal records once their content is committed."""
+        if self.journal is not None:
+            self.journal.clear()
+
+    def pending_journal(self) -> dict[str, Any] | None:
+        """The journal's last record if the database has not applied it yet."""
+        if self.journal is None:
+            return None
+        record = self.journal.last()
+        if record is None or record.get("host") != self.host:
+            return None
+        try:
+            with read_tx(self.engine) as conn:
+                applied = conn.execute(
+                    select(_META.c.value).where(_META.c.key == f"journal:{self.host}")
+                ).scalar()
+        except SQLAlchemyError as exc:
+            raise StorageError(f"cannot read the journal mark: {exc}") from exc
+        return None if _applied(applied, str(record.get("token", ""))) else record
+
+    def replay_journal(self) -> bool:
+        """Apply a journal record a crash left behind (once), then clear the journal."""
+        record = self.pending_journal()
+        if record is not None:
+            self.write_batch(
+                [UsageRow(*r) for r in record["minutes"]],
+                [UsageRow(*r) for r in record["buckets"]],
+                [StoredCounter(*c) for c in record["states"]],
+                journal_token=record["token"],
+            )
+        self.clear_journal()
+        return record is not None
 
     def prune_minutes(self, before_ts: int) -> int:
         """Drop per-minute rows older than the retention (15-minute buckets stay for ever)."""
@@ -180,6 +234,9 @@ class Store:
         except SQLAlchemyError as exc:
             raise StorageError(f"cannot read usage: {exc}") from exc
         candidates = [int(x) for x in (v, b) if x is not None]
+        record = self.pending_journal()
+        if record and record["minutes"]:
+            candidates.append(max(int(r[1]) for r in record["minutes"]))
         return max(candidates) if candidates else None
 
     def buckets(self, start: datetime, end: datetime, host: str | None = None) -> list[Bucket]:
@@ -194,6 +251,24 @@ class Store:
         return [UsageRow(*r) for r in self._fetch(_MINUTE, start, end, host)]
 
     def _fetch(self, table: Table, start: datetime, end: datetime, host: str | None) -> list[Any]:
+        rows = self._fetch_db(table, start, end, host)
+        record = self.pending_journal() if (host or self.host) in (self.host, "*") else None
+        if not record:
+            return rows
+        # Not yet committed: the sampler's last journal record, merged into the stored rows.
+        lo, hi = int(start.timestamp()), int(end.timestamp())
+        merged: dict[tuple[int, str], list[int]] = {(r[1], r[0]): [r[2], r[3]] for r in rows}
+        key = "minutes" if table is _MINUTE else "buckets"
+        for iface, ts, rx, tx in record[key]:
+            if lo <= ts < hi:
+                acc = merged.setdefault((ts, iface), [0, 0])
+                acc[0] += rx
+                acc[1] += tx
+        return [(iface, ts, v[0], v[1]) for (ts, iface), v in sorted(merged.items())]
+
+    def _fetch_db(
+        self, table: Table, start: datetime, end: datetime, host: str | None
+    ) -> list[Any]:
         q = select(table.c.iface, table.c.ts, table.c.rx_bytes, table.c.tx_bytes).where(
             table.c.ts >= int(start.timestamp()), table.c.ts < int(end.timestamp())
         )
@@ -268,6 +343,22 @@ class Store:
                 return int(conn.execute(q).scalar() or 0)
         except SQLAlchemyError as exc:
             raise StorageError(f"cannot read probes: {exc}") from exc
+
+
+def _applied(mark: str | None, token: str) -> bool:
+    """Whether the committed `mark` ("gen:seq") covers journal record `token`.
+
+    A sampler process writes one generation; its commits carry a seq no smaller than that of
+    any record it journaled before, so every record of that generation up to the mark is in.
+    """
+    if not mark:
+        return False
+    mark_gen, _, mark_seq = mark.partition(":")
+    gen, _, seq = token.partition(":")
+    try:
+        return gen == mark_gen and int(seq) <= int(mark_seq)
+    except ValueError:
+        return False
 
 
 def _row(host: str, r: UsageRow) -> dict[str, Any]:
