@@ -374,7 +374,11 @@ def cmd_health(args: argparse.Namespace) -> int:
 
     settings = _load(args)
     store = _open_existing_store(settings)
-    newest = max((s.wall_ts for s in store.counter_states().values()), default=None)
+    stamps = [s.wall_ts for s in store.counter_states().values()]
+    record = store.pending_journal()  # flushes between commits live in the journal
+    if record:
+        stamps += [int(c[5]) for c in record["states"]]
+    newest = max(stamps, default=None)
     limit = max(3 * settings.storage.flush_interval, 900)
     if newest is None or time.time() - newest > limit:
         print(f"unhealthy: no counters written in the last {limit:.0f} s")

@@ -255,3 +255,26 @@ def test_speedtest_failure_is_recorded_not_a_number(
     assert out["status"] == "failed" and out["error_kind"] == "connect"
     assert out["download_bps"] is None and out["upload_bps"] is None
     assert main(["speedtest", "--config", cfg, "--server", "nosuchname"]) == 2
+
+
+def test_health_reads_committed_and_journaled_counters(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`health` is unhealthy with no counters, healthy once a flush reached the journal."""
+    from capbot.adapters.store.usage import Store
+
+    _seed(tmp_path)
+    cfg = str(_cfg(tmp_path))
+    assert main(["health", "--config", cfg]) == 1
+    store = Store(f"sqlite:///{tmp_path / 'capbot.db'}", "h1", tmp_path / "usage.journal")
+    store.append_journal(
+        {
+            "host": "h1",
+            "token": "g:1",
+            "minutes": [],
+            "buckets": [],
+            "states": [["eth0", "boot", 1, 2, 3.0, int(time.time())]],
+        }
+    )
+    assert main(["health", "--config", cfg]) == 0
+    assert "healthy" in capsys.readouterr().out
