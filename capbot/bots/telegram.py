@@ -79,6 +79,9 @@ def _utf16_len(text: str) -> int:
     return len(text) + sum(1 for char in text if ord(char) > 0xFFFF)
 
 
+SHUTDOWN_TIMEOUT_S = 5.0
+
+
 class TelegramBot:
     """Serves capbot's commands over Telegram long polling and delivers alerts.
 
@@ -162,7 +165,13 @@ class TelegramBot:
             await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
             if not serving.done():
                 if started.is_set():
-                    await asyncio.wait({serving})  # orderly shutdown runs inside _serve
+                    # Orderly shutdown runs inside _serve; a stuck long poll or handler must not
+                    # hold the service's SIGTERM hostage, so it gets a bounded time.
+                    await asyncio.wait({serving}, timeout=SHUTDOWN_TIMEOUT_S)
+                    if not serving.done():
+                        log.warning("Telegram: shutdown took too long; cancelling it")
+                        serving.cancel()
+                        await asyncio.wait({serving})
                 else:
                     serving.cancel()
                     await asyncio.wait({serving})

@@ -53,7 +53,16 @@ async def running(
         yield service
     finally:
         service.stop.set()
-        await asyncio.wait_for(task, 20)
+        done, _ = await asyncio.wait({task}, timeout=20)
+        if not done:  # say what is stuck instead of hanging until pytest-timeout
+            stacks = "\n".join(
+                f"{t.get_name()}: {t.get_stack(limit=3)}"
+                for t in asyncio.all_tasks()
+                if not t.done()
+            )
+            task.cancel()
+            raise AssertionError(f"the service did not stop within 20 s; pending tasks:\n{stacks}")
+        task.result()
 
 
 async def test_usage_over_telegram_returns_text_and_chart(tmp_path: Path) -> None:
