@@ -24,32 +24,29 @@ class Meta(SQLModel, table=True):
     value: str = Field(sa_column=Column(Text, nullable=False))
 
 
-class UsageMinute(SQLModel, table=True):
+class _UsageRow(SQLModel):
+    """Bytes of one interface in one time slot; the key order (host, ts, iface) makes a period one
+    range scan over every interface, and the sampler append at the end of the B-tree."""
+
+    host: str = Field(primary_key=True, max_length=64)
+    ts: int = Field(primary_key=True, sa_type=BigInteger, sa_column_kwargs={"autoincrement": False})
+    iface: str = Field(primary_key=True, max_length=64)
+    rx_bytes: int = Field(sa_type=BigInteger)
+    tx_bytes: int = Field(sa_type=BigInteger)
+
+
+class UsageMinute(_UsageRow, table=True):
     """Per-minute usage per interface, kept `storage.minute_retention_days`."""
 
     __tablename__ = "usage_minute"
     __table_args__ = _CLUSTERED
-    # Key order (host, ts, iface): period queries are time ranges over every interface, and
-    # the sampler appends at the end of the B-tree.
-    host: str = Field(sa_column=Column(String(64), primary_key=True))
-    ts: int = Field(sa_column=_big(primary_key=True))
-    iface: str = Field(sa_column=Column(String(64), primary_key=True))
-    rx_bytes: int = Field(sa_column=_big())
-    tx_bytes: int = Field(sa_column=_big())
 
 
-class Usage15m(SQLModel, table=True):
+class Usage15m(_UsageRow, table=True):
     """Quarter-hour usage per interface, kept for ever (every UTC offset is a multiple of 15 min)."""
 
     __tablename__ = "usage_15m"
     __table_args__ = _CLUSTERED
-    # Key order (host, ts, iface): period queries are time ranges over every interface, and
-    # the sampler appends at the end of the B-tree.
-    host: str = Field(sa_column=Column(String(64), primary_key=True))
-    ts: int = Field(sa_column=_big(primary_key=True))
-    iface: str = Field(sa_column=Column(String(64), primary_key=True))
-    rx_bytes: int = Field(sa_column=_big())
-    tx_bytes: int = Field(sa_column=_big())
 
 
 class CounterState(SQLModel, table=True):
