@@ -9,7 +9,7 @@ import signal
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from datetime import time as dtime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -152,57 +152,6 @@ def probe_servers(settings: Settings) -> list[Any]:
     ]
 
 
-class CycleUsage:
-    """Feeds the cap rules: the current cycle's figures as a CapSnapshot."""
-
-    def __init__(self, usage: Any, store: Any) -> None:
-        self.usage = usage
-        self.store = store
-
-    def _snapshot(self, period: Any, now: datetime) -> Any:
-        from capbot.core.rules import CapSnapshot
-
-        summary = self.usage.report(period, now)
-        r = summary.report
-        tz = self.usage.plan.tz
-        today = now.astimezone(tz).date()
-        today_counted = sum(d.counted_bytes for d in r.days if d.day == today)
-        budget = None
-        if r.cap_bytes is not None and now < period.end:
-            left_days = sum(1 for d in r.days if d.day >= today) or 1
-            budget = int(max(r.cap_bytes - (r.counted_bytes - today_counted), 0) / left_days)
-        return CapSnapshot(
-            cycle_id=period.start.astimezone(tz).date().isoformat(),
-            cycle_start=period.start,
-            cycle_end=period.end,
-            now=min(now, period.end),
-            counted_bytes=r.counted_bytes,
-            cap_bytes=r.cap_bytes,
-            projected_bytes=r.projected_bytes,
-            projection_method=r.projection_method,
-            today_counted_bytes=today_counted,
-            daily_budget_bytes=budget,
-            probe_bytes=summary.probe_bytes,
-            peak_day=(r.peak_day.day, r.peak_day.counted_bytes) if r.peak_day else None,
-        )
-
-    async def snapshot(self, now: datetime) -> Any:
-        """The current cycle at `now`."""
-        return await asyncio.to_thread(self._snapshot, self.usage.cycle(now), now)
-
-    async def ended_cycle(self, current: Any) -> Any:
-        """The cycle that ended where `current` began, as of its end."""
-        end = current.cycle_start
-        period = self.usage.cycle(end - timedelta(seconds=1))
-        return await asyncio.to_thread(self._snapshot, period, end)
-
-    def cycle_counted(self, now: datetime) -> tuple[str, int]:
-        """(cycle id, counted bytes so far), for the usage-at-onset of a slowdown."""
-        period = self.usage.cycle(now)
-        r = self.usage.report(period, now).report
-        return period.start.astimezone(self.usage.plan.tz).date().isoformat(), r.counted_bytes
-
-
 def _plan_summary(settings: Settings) -> str:
     p = settings.plan
     cap = format_bytes(p.cap) if p.cap else "no cap"
@@ -261,13 +210,14 @@ def build_service(settings: Settings, *, counters: Any = None, probe: Any = None
     from capbot.services.alerting import AlertingService, tcp_check
     from capbot.services.commands import Commands, PlanFacts, StatusFacts
     from capbot.services.sampler import Sampler
+    from capbot.services.usage import CycleUsage
 
     store = open_store(settings)
     usage = usage_service(settings, store)
     tz = ZoneInfo(settings.plan.timezone)
     sampler = Sampler(counters or PsutilCounters(), store, sampler_config(settings))
     charts = ChartRenderer(mode="process", theme=settings.chat.chart_theme)  # type: ignore[arg-type]
-    cycle = CycleUsage(usage, store)
+    cycle = CycleUsage(usage)
     rules = rule_settings(settings)
 
     async def chart_for_alert(kind: str) -> bytes | None:
@@ -410,7 +360,7 @@ def _chat_senders(
 
 
 def build_prober(
-    settings: Settings, store: Any, sampler: Any, cycle: CycleUsage, alerting: Any, probe: Any
+    settings: Settings, store: Any, sampler: Any, cycle: Any, alerting: Any, probe: Any
 ) -> Any:
     """The scheduled prober: probes saved, fed to the rules; deferred when busy, skipped near the cap."""
     from capbot.core.probe import ScheduleSettings

@@ -12,7 +12,7 @@ from collections import deque
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from capbot.core.counters import Counters, interface_step
 from capbot.core.interfaces import select_interfaces
@@ -52,6 +52,9 @@ class UsageSink(Protocol):
         journal_token: str | None = None,
     ) -> None: ...
     def prune_minutes(self, before_ts: int) -> int: ...
+    def replay_journal(self) -> bool: ...
+    def append_journal(self, record: dict[str, Any]) -> None: ...
+    def clear_journal(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -142,7 +145,7 @@ class Sampler:
         """Load the stored counters and take the first reading (which counts any downtime)."""
         self._boot_id = self.source.boot_id()
         # A crash between commits leaves its last journal record: apply it exactly once.
-        if self._journaling and await asyncio.to_thread(self.store.replay_journal):  # type: ignore[attr-defined]
+        if self._journaling and await asyncio.to_thread(self.store.replay_journal):
             log.info("applied the usage journal left by the previous run")
         self._last_commit_mono = self.mono_clock()
         self._stored = dict(await asyncio.to_thread(self.store.counter_states))
@@ -340,7 +343,7 @@ class Sampler:
                     ],
                 }
                 try:
-                    await asyncio.to_thread(self.store.append_journal, record)  # type: ignore[attr-defined]
+                    await asyncio.to_thread(self.store.append_journal, record)
                 except StorageError as exc:
                     log.warning("journal write failed, committing instead: %s", exc)
                     commit = True
@@ -364,7 +367,7 @@ class Sampler:
                 self._last_commit_mono = mono_now
                 if self._journaling:
                     try:
-                        await asyncio.to_thread(self.store.clear_journal)  # type: ignore[attr-defined]
+                        await asyncio.to_thread(self.store.clear_journal)
                     except StorageError as exc:  # harmless: the commit's mark covers it
                         log.warning("could not clear the usage journal: %s", exc)
             written = {c.iface for c in states}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -10,6 +11,7 @@ from zoneinfo import ZoneInfo
 
 from capbot.core.periods import Period, custom_period, cycle_containing, parse_period
 from capbot.core.report import TRAILING_WINDOW_S, Bucket, PlanRules, UsageReport, summarize
+from capbot.core.rules import CapSnapshot
 
 
 class UsageReader(Protocol):
@@ -89,3 +91,51 @@ class UsageService:
             hours[h][1] += b.rx_bytes
             hours[h][2] += b.tx_bytes
         return [(h, rx, tx) for h, rx, tx in hours]
+
+
+class CycleUsage:
+    """Feeds the cap rules: the current cycle's figures as a CapSnapshot."""
+
+    def __init__(self, usage: UsageService) -> None:
+        self.usage = usage
+
+    def _snapshot(self, period: Any, now: datetime) -> Any:
+        summary = self.usage.report(period, now)
+        r = summary.report
+        tz = self.usage.plan.tz
+        today = now.astimezone(tz).date()
+        today_counted = sum(d.counted_bytes for d in r.days if d.day == today)
+        budget = None
+        if r.cap_bytes is not None and now < period.end:
+            left_days = sum(1 for d in r.days if d.day >= today) or 1
+            budget = int(max(r.cap_bytes - (r.counted_bytes - today_counted), 0) / left_days)
+        return CapSnapshot(
+            cycle_id=period.start.astimezone(tz).date().isoformat(),
+            cycle_start=period.start,
+            cycle_end=period.end,
+            now=min(now, period.end),
+            counted_bytes=r.counted_bytes,
+            cap_bytes=r.cap_bytes,
+            projected_bytes=r.projected_bytes,
+            projection_method=r.projection_method,
+            today_counted_bytes=today_counted,
+            daily_budget_bytes=budget,
+            probe_bytes=summary.probe_bytes,
+            peak_day=(r.peak_day.day, r.peak_day.counted_bytes) if r.peak_day else None,
+        )
+
+    async def snapshot(self, now: datetime) -> Any:
+        """The current cycle at `now`."""
+        return await asyncio.to_thread(self._snapshot, self.usage.cycle(now), now)
+
+    async def ended_cycle(self, current: Any) -> Any:
+        """The cycle that ended where `current` began, as of its end."""
+        end = current.cycle_start
+        period = self.usage.cycle(end - timedelta(seconds=1))
+        return await asyncio.to_thread(self._snapshot, period, end)
+
+    def cycle_counted(self, now: datetime) -> tuple[str, int]:
+        """(cycle id, counted bytes so far), for the usage-at-onset of a slowdown."""
+        period = self.usage.cycle(now)
+        r = self.usage.report(period, now).report
+        return period.start.astimezone(self.usage.plan.tz).date().isoformat(), r.counted_bytes
